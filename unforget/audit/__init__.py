@@ -1,0 +1,1 @@
+"""Membership-inference audit: signals (torch) -> scores -> metrics (numpy) -> verdict."""

@@ -1,0 +1,221 @@
+"""Command-line interface. The only module that prints, and the only error boundary.
+
+Exit codes (stable): 0 success / audit PASS, 1 runtime failure, 2 bad usage or bad input,
+3 audit FAIL-LEAK, 4 audit FAIL-OVER, 5 audit INCONCLUSIVE. With ``--json`` exactly one JSON
+object goes to stdout; everything for humans (tables, progress bars) goes to stderr, and
+progress bars only appear when stderr is a terminal. Nothing here ever prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from unforget.errors import EXIT_BAD_INPUT, EXIT_FAILURE, UnforgetError
+
+app = typer.Typer(
+    name="unforget",
+    help="Make a trained PyTorch model forget chosen training samples, audit it, keep a record.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout only.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No human output on stderr.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+Config = Annotated[
+    Path | None, typer.Option("--config", help="TOML run spec ([model], [data], [recipe]).")
+]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override an option, key=value (repeatable)."),
+]
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[Any], None]]:
+    """A rich progress bar on stderr when it is a terminal; otherwise a silent callback."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda tick: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    tasks: dict[str, Any] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=_console(), transient=True) as bar:
+
+        def update(tick: Any) -> None:
+            if tick.task not in tasks:
+                tasks[tick.task] = bar.add_task(tick.task, total=tick.total, info="")
+            info = "  ".join(f"{k} {v:.4g}" for k, v in tick.fields.items())
+            bar.update(tasks[tick.task], completed=tick.completed, total=tick.total, info=info)
+
+        yield update
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _precision(device: str, amp: bool = True) -> Any:
+    from unforget.device import precision_for, resolve_device
+
+    return precision_for(resolve_device(device), amp=amp)
+
+
+def _flags(sets: list[str] | None, **named: Any) -> dict[str, Any]:
+    """Dotted spec overrides from named flags and ``--set``; ``None`` means not given."""
+    from unforget.options import parse_assignments
+
+    out = {k: v for k, v in named.items() if v is not None}
+    out.update(parse_assignments(sets or []))
+    return out
+
+
+@app.command(
+    epilog="Examples:\n\n  unforget train --data sample_data/fashion-mnist --model mlp --out model.safetensors"
+    "\n\n  unforget train --like model.safetensors --exclude ids.txt --out retrained.safetensors",
+)
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors).")],
+    data: Annotated[str | None, typer.Option("--data", help="Data folder.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="mlp, cnn, resnet18, text, "
+                                                           "or pkg.module:factory.")] = None,
+    like: Annotated[Path | None, typer.Option("--like", help="Reuse this checkpoint's spec "
+                                                             "(model, data, recipe).")] = None,
+    exclude: Annotated[Path | None, typer.Option("--exclude", help="Manifest of IDs to leave "
+                                                                   "out (exact retraining).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs")] = None,
+    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    config: Config = None,
+    sets: Sets = None,
+    device: Device = "auto",
+    force: Force = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train a model from a spec and write a safetensors checkpoint with the spec embedded."""
+    from unforget.checkpoint import load_checkpoint
+    from unforget.context import resolve_spec
+    from unforget.manifest import read_manifest
+    from unforget.report import print_train
+    from unforget.training_run import train_checkpoint
+
+    flags = _flags(sets, **{"data.path": data, "model.name": model, "recipe.epochs": epochs,
+                            "recipe.lr": lr, "recipe.batch_size": batch_size, "recipe.seed": seed})
+    base = load_checkpoint(like) if like else None
+    spec, allow_plugin = resolve_spec(base, config=config, flags=flags)
+    spec = spec.replace(train_fingerprint=None)
+    manifest = read_manifest(exclude) if exclude else None
+    with _progress(not quiet and not as_json) as tick:
+        report = train_checkpoint(spec, out=out, precision=_precision(device), force=force,
+                                  allow_plugin=allow_plugin, exclude=manifest, on_progress=tick)
+    if as_json:
+        _emit_json(report_json(report))
+    elif not quiet:
+        print_train(_console(), report)
+
+
+def report_json(report: Any) -> dict[str, Any]:
+    from unforget.options import as_plain
+
+    return {
+        "schema": "unforget.train/1",
+        "out": str(report.out),
+        "sha256": report.sha256,
+        "train": report.train.as_dict(),
+        "heldout": report.heldout.as_dict(),
+        "seconds": round(report.result.seconds, 3),
+        "spec": as_plain(report.spec),
+    }
+
+
+@app.command(name="inspect", epilog="Example:\n\n  unforget inspect model.unlearned.safetensors "
+             "--check-ids ids.txt --json")
+def inspect_cmd(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors).")],
+    check_ids: Annotated[Path | None, typer.Option("--check-ids", help="Manifest: which of its "
+                                                                       "IDs the ledger covers.")] = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Show a checkpoint's tensors, spec, provenance and deletion ledger (read-only)."""
+    from unforget.manifest import read_manifest
+    from unforget.report import print_summary
+    from unforget.summary import summarise
+
+    summary = summarise(ckpt, check=read_manifest(check_ids) if check_ids else None)
+    if as_json:
+        _emit_json(summary.as_dict())
+    elif not quiet:
+        print_summary(_console(), summary)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit code (the error boundary).
+
+    Errors of the :class:`UnforgetError` hierarchy become one line on stderr and their exit
+    code; anything unexpected is exit 1 with one line. ``--debug`` adds the traceback.
+    """
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        result = app(args=args, standalone_mode=False, prog_name="unforget")
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.stderr.write("unforget: aborted\n")
+        return EXIT_FAILURE
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_BAD_INPUT if isinstance(exc, click.UsageError) else exc.exit_code
+    except UnforgetError as exc:
+        _fail(exc, debug=debug)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("unforget: interrupted; nothing was written\n")
+        return 130
+    except Exception as exc:  # the boundary: anything else is a runtime failure, one line
+        _fail(exc, debug=debug, unexpected=True)
+        return EXIT_FAILURE
+    return int(result) if isinstance(result, int) else 0
+
+
+def _fail(exc: BaseException, *, debug: bool, unexpected: bool = False) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    kind = f"{type(exc).__name__}: " if unexpected else ""
+    hint = "" if debug else " (run with --debug for details)" if unexpected else ""
+    message = " ".join(str(exc).split())
+    sys.stderr.write(f"unforget: error: {kind}{message}{hint}\n")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

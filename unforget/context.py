@@ -1,0 +1,153 @@
+"""Resolve what a command works on: checkpoint, merged run spec, data splits, ledger.
+
+``apply``, ``audit`` and ``inspect`` all start here, so the precedence rule (flags > config >
+checkpoint metadata), relative-path resolution and the training-data fingerprint check are
+written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unforget import checkpoint as ckpt_io
+from unforget.checkpoint import Checkpoint
+from unforget.data import InputInfo, Split, fingerprint, input_info, load_split, reference_mask
+from unforget.errors import DataError, SpecError
+from unforget.ledger import LedgerEntry, covered, entries_from_json
+from unforget.loaders import Encoder
+from unforget.manifest import Manifest, canonical_ids, resolve_rows
+from unforget.spec import (
+    RunSpec,
+    flags_layer,
+    merge_spec,
+    relocate_data_path,
+    spec_layer_from_json,
+    spec_layer_from_toml,
+)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A checkpoint with its resolved spec and data, ready for apply/audit."""
+
+    checkpoint: Checkpoint
+    spec: RunSpec
+    train: Split
+    heldout: Split
+    info: InputInfo
+    ledger: tuple[LedgerEntry, ...]
+    encoder: Encoder | None
+    allow_plugin: bool
+    data_changed: bool
+
+    def reference_rows(self) -> np.ndarray:
+        """Held-out rows methods may read (∇τ's target); the audit never uses them."""
+        mask = reference_mask(self.heldout.ids, fraction=self.spec.data.reference_fraction)
+        return np.flatnonzero(mask)
+
+    def evidence_rows(self) -> np.ndarray:
+        """Held-out rows reserved for evaluation and the audit."""
+        mask = reference_mask(self.heldout.ids, fraction=self.spec.data.reference_fraction)
+        return np.flatnonzero(~mask)
+
+    def ledger_rows(self) -> np.ndarray:
+        """Training rows removed by earlier deletions recorded in the ledger."""
+        if not self.ledger:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(np.asarray(covered(self.ledger, list(self.train.ids)), dtype=bool))
+
+    def forget_rows(self, manifest: Manifest) -> np.ndarray:
+        """Training rows named by ``manifest`` (validated; see :func:`resolve_rows`)."""
+        ids = canonical_ids(manifest.ids, integer=self.train.id_is_int, path=manifest.path)
+        return resolve_rows(ids, train_index=self.train.index(),
+                            heldout_index=self.heldout.index(), path=manifest.path)
+
+    def retain_rows(self, forget: np.ndarray) -> np.ndarray:
+        """Train rows minus ``forget`` minus everything already in the ledger."""
+        drop = np.zeros(len(self.train), dtype=bool)
+        drop[forget] = True
+        drop[self.ledger_rows()] = True
+        return np.flatnonzero(~drop)
+
+
+def spec_from_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The checkpoint's spec layer with ``data.path`` resolved against its folder."""
+    raw = checkpoint.metadata.get(ckpt_io.KEY_SPEC)
+    if raw is None:
+        return {}
+    layer = spec_layer_from_json(raw)
+    data = layer.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
+        base = checkpoint.path.resolve().parent
+        data["path"] = str((base / data["path"]).resolve())
+    return layer
+
+
+def resolve_spec(
+    checkpoint: Checkpoint | None,
+    *,
+    config: Path | None,
+    flags: Mapping[str, Any],
+) -> tuple[RunSpec, bool]:
+    """Merge flags > config > checkpoint metadata; return the spec and whether the user named
+    a plugin model themselves (flag or config), which is what allows plugin code to run."""
+    meta = spec_from_checkpoint(checkpoint) if checkpoint else {}
+    file_layer = spec_layer_from_toml(config) if config else {}
+    flag_layer = flags_layer(flags)
+    spec = merge_spec(meta, file_layer, flag_layer)
+    named = [
+        layer.get("model", {}).get("name") for layer in (file_layer, flag_layer)
+        if isinstance(layer.get("model"), dict)
+    ]
+    allow_plugin = spec.model.is_plugin and spec.model.name in named
+    return relocate_data_path(spec, base=Path.cwd()), allow_plugin
+
+
+def open_workspace(
+    checkpoint_path: Path,
+    *,
+    config: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    accept_data_change: bool = False,
+) -> Workspace:
+    """Load checkpoint, spec and data, and check the data is what the model was trained on.
+
+    Raises:
+        CheckpointError, SpecError, DataError: with one line each saying what to fix.
+    """
+    checkpoint = ckpt_io.load_checkpoint(checkpoint_path)
+    spec, allow_plugin = resolve_spec(checkpoint, config=config, flags=flags or {})
+    train = load_split(spec.data, spec.data.train_split)
+    heldout = load_split(spec.data, spec.data.heldout_split)
+    overlap = set(train.ids) & set(heldout.ids)
+    if overlap:
+        raise DataError(f"{len(overlap)} IDs are in both the training and held-out split "
+                        f"(first: {', '.join(sorted(overlap)[:3])}); held-out must be unseen")
+    info = input_info(train, spec.data)
+    changed = bool(spec.train_fingerprint) and spec.train_fingerprint != fingerprint(train)
+    if changed and not accept_data_change:
+        raise DataError(
+            f"the training split in {spec.data.path} is not the data this model was trained on "
+            "(fingerprint of IDs and labels differs), so IDs could resolve to the wrong rows; "
+            "pass --accept-data-change if the change is intended (it is recorded)"
+        )
+    if spec.num_classes is not None and spec.num_classes != info.num_classes:
+        raise SpecError(f"the model has {spec.num_classes} classes but the data has "
+                        f"{info.num_classes}")
+    encoder = _encoder(checkpoint, info)
+    return Workspace(checkpoint=checkpoint, spec=spec, train=train, heldout=heldout, info=info,
+                     ledger=entries_from_json(checkpoint.meta_json(ckpt_io.KEY_LEDGER)),
+                     encoder=encoder, allow_plugin=allow_plugin, data_changed=changed)
+
+
+def _encoder(checkpoint: Checkpoint, info: InputInfo) -> Encoder | None:
+    if info.kind != "text":
+        return None
+    from unforget.text import encoder_from_checkpoint
+
+    return encoder_from_checkpoint(checkpoint, max_length=info.shape[0])

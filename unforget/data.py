@@ -1,0 +1,215 @@
+"""Data sets on disk: splits, stable IDs, fingerprints, and the forget/retain/held-out split.
+
+Everything is read with HuggingFace ``datasets`` into memory-mapped Arrow tables; rows are
+addressed by integer position and batches are cut straight from Arrow (see
+:mod:`unforget.loaders`), so nothing here copies a split into Python lists except the IDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from unforget.errors import DataError, collect
+from unforget.spec import DataSpec
+
+if TYPE_CHECKING:
+    import datasets
+
+InputKind = Literal["image", "tabular", "tokens", "text"]
+_EXTENSIONS = {"parquet": (".parquet",), "csv": (".csv",), "jsonl": (".jsonl", ".json")}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: the memory-mapped table, its IDs as strings, and its labels."""
+
+    name: str
+    dataset: datasets.Dataset
+    ids: tuple[str, ...]
+    labels: np.ndarray  # (N,) int64
+    id_is_int: bool
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index(self) -> dict[str, int]:
+        """ID -> row position."""
+        return {identifier: row for row, identifier in enumerate(self.ids)}
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """What the model sees: kind of input, per-sample shape, classes."""
+
+    kind: InputKind
+    shape: tuple[int, ...]
+    num_classes: int
+    class_names: tuple[str, ...]
+
+
+def detect_format(path: Path) -> str:
+    """Guess the on-disk format of a data folder (``save_to_disk`` DatasetDict, files, images)."""
+    if (path / "dataset_dict.json").is_file():
+        return "arrow"
+    for fmt, exts in _EXTENSIONS.items():
+        if any(path.glob(f"*{ext}") for ext in exts) or any(path.glob(f"*/*{exts[0]}")):
+            return fmt
+    if any(p.is_dir() for p in path.iterdir()):
+        return "imagefolder"
+    raise DataError(f"cannot tell the data format of {path}; set data.format")
+
+
+def load_split(spec: DataSpec, split: str) -> Split:
+    """Load one split and check its ID and label columns.
+
+    Raises:
+        DataError: missing folder/split/columns, or duplicate IDs.
+    """
+    dataset = _load_dataset(spec, split)
+    columns = set(dataset.column_names)
+    needed = [spec.id_column, spec.label_column, *spec.input_columns]
+    missing = [c for c in needed if c not in columns]
+    collect(
+        [f"split {split!r} has no column {c!r} (columns: {', '.join(sorted(columns))})"
+         for c in missing],
+        error=DataError,
+        what=f"data {spec.path}",
+    )
+    if dataset._indices is not None:
+        dataset = dataset.flatten_indices()
+    table = dataset.data.table
+    id_column = table.column(spec.id_column)
+    id_is_int = _is_integer(id_column.type)
+    ids = tuple(str(v) for v in id_column.to_pylist())
+    if len(set(ids)) != len(ids):
+        dupes = _first_duplicates(ids)
+        raise DataError(f"split {split!r}: ID column {spec.id_column!r} has duplicates "
+                        f"(first: {', '.join(dupes)})")
+    labels = np.asarray(table.column(spec.label_column).to_numpy(), dtype=np.int64)
+    return Split(name=split, dataset=dataset, ids=ids, labels=labels, id_is_int=id_is_int)
+
+
+def input_info(split: Split, spec: DataSpec) -> InputInfo:
+    """Infer the input kind and shape from the features of the first input column."""
+    from datasets import Array2D, Array3D, ClassLabel, Image, Sequence, Value
+
+    features = split.dataset.features
+    first = features[spec.input_columns[0]]
+    label = features[spec.label_column]
+    if isinstance(label, ClassLabel):
+        names = tuple(label.names)
+    else:
+        names = tuple(str(i) for i in range(int(split.labels.max()) + 1))
+    if isinstance(first, (Array2D, Array3D)):
+        shape = tuple(first.shape)
+        kind: InputKind = "image"
+        shape = (1, *shape) if len(shape) == 2 else (shape[2], shape[0], shape[1])
+    elif isinstance(first, Image):
+        sample = np.asarray(split.dataset[0][spec.input_columns[0]])
+        kind = "image"
+        shape = (1, *sample.shape) if sample.ndim == 2 else (sample.shape[2], *sample.shape[:2])
+    elif isinstance(first, Value) and first.dtype == "string":
+        kind, shape = "text", (spec.max_length,)
+    elif isinstance(first, (Sequence, list)) and _is_integer_feature(first):
+        kind, shape = "tokens", (spec.max_length,)
+    elif isinstance(first, (Sequence, list)):
+        kind, shape = "tabular", (len(split.dataset[0][spec.input_columns[0]]),)
+    else:
+        kind, shape = "tabular", (len(spec.input_columns),)
+    return InputInfo(kind=kind, shape=shape, num_classes=len(names), class_names=names)
+
+
+def fingerprint(split: Split) -> str:
+    """SHA-256 over the split's IDs and labels in row order.
+
+    If the data on disk no longer matches what a model was trained on, IDs could resolve to the
+    wrong rows; comparing this against the spec's ``train_fingerprint`` catches that.
+    """
+    digest = hashlib.sha256()
+    digest.update("\n".join(split.ids).encode())
+    digest.update(b"\0")
+    digest.update(split.labels.astype("<i8").tobytes())
+    return digest.hexdigest()
+
+
+def reference_mask(ids: tuple[str, ...], *, fraction: float) -> np.ndarray:
+    """Which held-out rows unlearning methods may read: a stable hash of each ID below ``fraction``.
+
+    Chosen by hash so the split survives re-ordering and does not depend on any seed; the
+    audit uses only the complement as evidence.
+    """
+    scale = float(1 << 64)
+    values = np.fromiter(
+        (int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "big") / scale for i in ids),
+        dtype=np.float64,
+        count=len(ids),
+    )
+    return values < fraction
+
+
+def _load_dataset(spec: DataSpec, split: str) -> datasets.Dataset:
+    import datasets as hf
+
+    path = Path(spec.path)
+    if not path.exists():
+        raise DataError(f"data folder {path} does not exist")
+    fmt = spec.format if spec.format != "auto" else detect_format(path)
+    try:
+        if fmt == "arrow":
+            loaded = hf.load_from_disk(str(path))
+            if isinstance(loaded, hf.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"{path} has no split {split!r} (has: {', '.join(loaded)})")
+                return loaded[split]
+            raise DataError(f"{path} is a single Dataset; save a DatasetDict with named splits")
+        if fmt == "imagefolder":
+            return hf.load_dataset("imagefolder", data_dir=str(path), split=split)
+        files = _split_files(path, split, fmt)
+        builder = "json" if fmt == "jsonl" else fmt
+        return hf.load_dataset(builder, data_files={split: files}, split=split)
+    except DataError:
+        raise
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise DataError(f"cannot read split {split!r} from {path}: {exc}") from exc
+
+
+def _split_files(path: Path, split: str, fmt: str) -> list[str]:
+    """Files of one split: ``<split>.<ext>``, ``<split>-*.<ext>`` or ``<split>/*.<ext>``."""
+    files: list[Path] = []
+    for ext in _EXTENSIONS[fmt]:
+        files += [path / f"{split}{ext}"] if (path / f"{split}{ext}").is_file() else []
+        files += sorted(path.glob(f"{split}-*{ext}")) + sorted(path.glob(f"{split}/*{ext}"))
+    if not files:
+        raise DataError(f"{path} has no {fmt} files for split {split!r} "
+                        f"(expected {split}{_EXTENSIONS[fmt][0]})")
+    return [str(f) for f in files]
+
+
+def _is_integer(arrow_type: object) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_integer(arrow_type))
+
+
+def _is_integer_feature(feature: object) -> bool:
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, list) and feature:
+        inner = feature[0]
+    return getattr(inner, "dtype", "").startswith(("int", "uint"))
+
+
+def _first_duplicates(ids: tuple[str, ...], limit: int = 3) -> list[str]:
+    seen: set[str] = set()
+    dupes: list[str] = []
+    for identifier in ids:
+        if identifier in seen and identifier not in dupes:
+            dupes.append(identifier)
+            if len(dupes) == limit:
+                break
+        seen.add(identifier)
+    return dupes

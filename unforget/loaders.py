@@ -1,0 +1,170 @@
+"""Torch DataLoaders that cut batches straight out of memory-mapped Arrow tables.
+
+A batch is ``(x, y, rows)``: inputs (uint8 images, float features, or int64 token ids padded
+with 0), int64 labels, and the int64 row positions in the split (so per-sample signals can be
+traced back to IDs). Images stay uint8 until they reach the device, where :func:`to_device`
+scales them; that keeps host-to-device copies 4x smaller and lets pinned memory and
+``non_blocking`` copies overlap transfer with compute on CUDA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from unforget.data import InputInfo, Split
+from unforget.spec import DataSpec
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Encoder = Callable[[list[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class RowSource(torch.utils.data.Dataset[Batch]):
+    """A subset of a split's rows, read a whole batch at a time (``__getitems__``).
+
+    ``encoder`` turns a list of strings into an int64 array (B, L) for text inputs.
+    """
+
+    split: Split
+    rows: np.ndarray
+    columns: tuple[str, ...]
+    label_column: str
+    info: InputInfo
+    encoder: Encoder | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Batch:  # pragma: no cover - DataLoader uses __getitems__
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        import pyarrow as pa
+
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        table = self.split.dataset.data.table.take(pa.array(rows))
+        x = self._inputs(table)
+        y = torch.from_numpy(np.array(table.column(self.label_column).to_numpy(), np.int64))
+        return x, y, torch.from_numpy(rows.copy())
+
+    def _inputs(self, table: pa.Table) -> torch.Tensor:
+        kind = self.info.kind
+        if kind == "image":
+            return torch.from_numpy(_images(table.column(self.columns[0]), self.info.shape))
+        if kind == "text":
+            if self.encoder is None:
+                raise RuntimeError("text inputs need a tokenizer (the checkpoint has none)")
+            texts = [str(t) for t in table.column(self.columns[0]).to_pylist()]
+            return torch.from_numpy(self.encoder(texts))
+        if kind == "tokens":
+            return torch.from_numpy(_pad(table.column(self.columns[0]), self.info.shape[0]))
+        return torch.from_numpy(_features(table, self.columns))
+
+
+def source(split: Split, rows: np.ndarray, *, spec: DataSpec, info: InputInfo,
+           encoder: Encoder | None = None) -> RowSource:
+    """A :class:`RowSource` over ``rows`` of ``split`` (row positions, int64)."""
+    return RowSource(
+        split=split,
+        rows=np.asarray(rows, dtype=np.int64),
+        columns=tuple(spec.input_columns),
+        label_column=spec.label_column,
+        info=info,
+        encoder=encoder,
+    )
+
+
+def make_loader(
+    src: RowSource,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    device: torch.device,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader[Batch]:
+    """A DataLoader over ``src``; shuffling is driven by ``seed`` alone (reproducible)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        src,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=_passthrough,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        drop_last=drop_last and len(src) > batch_size,
+    )
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move a batch (non-blocking from pinned memory) and scale uint8 images to [0, 1] floats."""
+    x, y, rows = batch
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    return x, y.to(device, non_blocking=True), rows
+
+
+def _passthrough(batch: Any) -> Any:
+    return batch
+
+
+def _images(column: pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
+    """(B, C, H, W) uint8 from an Array2D/Array3D extension column or an Image column."""
+    chunk = column.combine_chunks()
+    if hasattr(chunk, "to_numpy") and hasattr(chunk.type, "shape"):
+        array = np.asarray(chunk.to_numpy(), dtype=np.uint8)
+    else:
+        array = _decode_images(chunk.to_pylist())
+    # A fresh, writable array: Arrow buffers are read-only and torch must not alias them.
+    if array.ndim == 3:
+        return np.array(array[:, None], copy=True, order="C")
+    return np.array(array.transpose(0, 3, 1, 2), copy=True, order="C")
+
+
+def _decode_images(items: list[dict[str, Any]]) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    out = []
+    for item in items:
+        with Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as im:
+            out.append(np.asarray(im, dtype=np.uint8))
+    return np.stack(out)
+
+
+def _pad(column: pa.ChunkedArray, length: int) -> np.ndarray:
+    """Pad/truncate variable-length integer sequences to (B, length) with 0."""
+    values = column.to_pylist()
+    out = np.zeros((len(values), length), dtype=np.int64)
+    for i, seq in enumerate(values):
+        seq = seq[:length]
+        out[i, : len(seq)] = seq
+    return out
+
+
+def _features(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """(B, D) float32 from numeric columns, or from one fixed-length list column."""
+    if len(columns) == 1 and _is_list(table.column(columns[0])):
+        return np.asarray(table.column(columns[0]).to_pylist(), dtype=np.float32)
+    return np.stack(
+        [np.asarray(table.column(c).to_numpy(), dtype=np.float32) for c in columns], axis=1
+    )
+
+
+def _is_list(column: pa.ChunkedArray) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type))

@@ -1,0 +1,100 @@
+"""The one interface every unlearning method implements, and what it is handed.
+
+A method is one file: a frozen, keyword-only ``Config`` dataclass (its options, validated in
+``__post_init__``) and a class with ``info`` and ``run(task, config) -> Outcome``. Shared pieces
+(pairing forget with retain batches, guard rails, quick evaluation) are plain functions in
+:mod:`unforget.methods.loop`, not a base class (STYLE §1-2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
+
+import torch
+from torch import nn
+
+from unforget.device import Precision
+from unforget.progress import ProgressFn, silent
+from unforget.spec import RunSpec
+
+Need = Literal["forget", "retain", "reference", "statistics", "retrain"]
+Loader = torch.utils.data.DataLoader
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """How ``unforget methods`` describes a method."""
+
+    name: str
+    summary: str  # one line
+    needs: tuple[Need, ...]  # data the method reads
+    paper: str  # citation
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardConfig:
+    """Guard rails shared by all gradient methods.
+
+    The run is stopped, the last good weights restored and a :class:`GuardRailError` raised
+    when a loss is non-finite or accuracy on a fixed retain sample falls more than
+    ``max_retain_drop`` below where it started (checked every ``check_every`` steps).
+    """
+
+    max_retain_drop: float = 0.15  # absolute accuracy, 0.15 = 15 points
+    check_every: int = 25  # steps
+    retain_sample: int = 1024  # retain rows in the fixed guard sample
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnlearnTask:
+    """Everything a method may use. Loaders yield ``(x, y, rows)`` batches on the host.
+
+    ``forget``/``retain`` shuffle with the run's seed; ``reference`` (held-out rows methods may
+    read, recorded in the receipt) and ``retain_eval`` (a fixed retain sample) do not shuffle.
+    ``retrain`` trains a fresh model from the checkpoint's recipe on the retain set (the exact
+    baseline). ``statistics`` is the PGU sidecar path, when the checkpoint has one.
+    """
+
+    model: nn.Module
+    forget: Loader
+    retain: Loader
+    reference: Loader | None
+    retain_eval: Loader
+    forget_eval: Loader
+    precision: Precision
+    spec: RunSpec
+    seed: int
+    n_forget: int
+    n_retain: int
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    retrain: Callable[[], nn.Module] | None = None
+    statistics: Path | None = None
+    on_progress: ProgressFn = silent
+
+    @property
+    def forget_fraction(self) -> float:
+        """p_F = |F| / (|F| + |R|)."""
+        return self.n_forget / max(self.n_forget + self.n_retain, 1)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a method did. ``details`` is recorded verbatim in the receipt (JSON-ready)."""
+
+    model: nn.Module
+    steps: int
+    stop_reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+    weights_changed: bool = True
+
+
+class Method(Protocol):
+    """An unlearning method: ``run`` returns the unlearned model (it may modify task.model)."""
+
+    info: ClassVar[MethodInfo]
+    Config: ClassVar[type]
+
+    def run(self, task: UnlearnTask, config: Any) -> Outcome: ...

@@ -1,0 +1,59 @@
+"""Results -> rich tables on stderr. No computation here (DESIGN §5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _table(title: str, *columns: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    return table
+
+
+def _pct(value: float) -> str:
+    return "-" if value != value else f"{100 * value:.1f}%"
+
+
+def print_train(console: Any, report: Any) -> None:
+    console.print(f"trained {report.spec.model.name} -> {report.out}")
+    table = _table("", "split", "accuracy", "loss", "n")
+    for name, s in (("train", report.train), ("held-out", report.heldout)):
+        table.add_row(name, _pct(s.accuracy), f"{s.loss:.4f}", str(s.n))
+    console.print(table)
+    console.print(f"{report.result.epochs} epochs in {report.result.seconds:.1f}s "
+                  f"({report.result.samples_per_second:,.0f} samples/s); sha256 {report.sha256[:16]}")
+
+
+def print_summary(console: Any, summary: Any) -> None:
+    console.print(f"[bold]{summary.path}[/bold]  sha256 {summary.sha256}")
+    dtypes = ", ".join(f"{k}×{v}" for k, v in summary.dtypes.items())
+    console.print(f"{summary.tensors} tensors, {summary.parameters:,} parameters ({dtypes})")
+    spec = summary.spec or {}
+    if spec:
+        model, data, recipe = spec.get("model", {}), spec.get("data", {}), spec.get("recipe", {})
+        console.print(f"model: {model.get('name')} {model.get('kwargs') or ''}")
+        console.print(f"data: {data.get('path')} (id {data.get('id_column')!r}, label "
+                      f"{data.get('label_column')!r}, splits {data.get('train_split')}/"
+                      f"{data.get('heldout_split')})")
+        console.print(f"recipe: {recipe}")
+    else:
+        console.print("no unforget spec in metadata (pass --config to use it)")
+    prov = summary.provenance or {}
+    if prov:
+        console.print("provenance: " + ", ".join(f"{k}={v}" for k, v in sorted(prov.items())
+                                                 if not isinstance(v, (dict, list))))
+    table = _table("deletion ledger", "#", "time", "method", "IDs", "manifest sha256")
+    for i, e in enumerate(summary.ledger, start=1):
+        table.add_row(str(i), e.time, e.method, str(e.count), e.manifest_sha256[:16])
+    console.print(table if summary.ledger else "deletion ledger: empty")
+    if summary.id_check is not None:
+        hit = sum(summary.id_check.values())
+        console.print(f"--check-ids: {hit} of {len(summary.id_check)} IDs covered by the ledger")
+        missing = [i for i, c in summary.id_check.items() if not c]
+        if missing:
+            console.print("not covered: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20
+                                                                      else ""))

@@ -1,0 +1,129 @@
+"""``unforget train``: train from a spec and write a self-describing checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from unforget import __version__
+from unforget.checkpoint import (
+    KEY_LEDGER,
+    KEY_PROVENANCE,
+    KEY_SPEC,
+    KEY_TOKENIZER,
+    save_checkpoint,
+    state_dict_cpu,
+)
+from unforget.data import fingerprint, input_info, load_split, reference_mask
+from unforget.device import Precision
+from unforget.errors import DataError
+from unforget.evaluate import Score, predict, score
+from unforget.fileio import refuse_existing
+from unforget.ledger import entries_to_json, new_entry
+from unforget.loaders import make_loader, source
+from unforget.manifest import Manifest, canonical_ids, resolve_rows
+from unforget.progress import ProgressFn, silent
+from unforget.spec import RunSpec, relativise_data_path
+from unforget.train import TrainResult, fit
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What ``unforget train`` produced."""
+
+    out: Path
+    sha256: str
+    spec: RunSpec
+    train: Score
+    heldout: Score
+    result: TrainResult
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def train_checkpoint(
+    spec: RunSpec,
+    *,
+    out: Path,
+    precision: Precision,
+    force: bool = False,
+    allow_plugin: bool = False,
+    exclude: Manifest | None = None,
+    on_progress: ProgressFn = silent,
+) -> TrainReport:
+    """Train on the training split, evaluate, and write ``out`` with the spec embedded.
+
+    With ``exclude`` the IDs of that manifest are left out (exact retraining without them); they
+    are recorded in the new checkpoint's deletion ledger, so audits treat them as forgotten.
+
+    Raises:
+        OutputExistsError: ``out`` exists and ``force`` is off (checked before training).
+    """
+    refuse_existing(out, force=force)
+    train = load_split(spec.data, spec.data.train_split)
+    heldout = load_split(spec.data, spec.data.heldout_split)
+    if set(train.ids) & set(heldout.ids):
+        raise DataError("the training and held-out splits share IDs; held-out must be unseen")
+    info = input_info(train, spec.data)
+    extra_meta: dict[str, str] = {}
+    encoder = None
+    if info.kind == "text":
+        from unforget.text import fit_tokenizer
+
+        vocab = int(spec.model.kwargs.get("vocab_size", 8000))
+        encoder = fit_tokenizer(train, spec.data.input_columns[0], vocab_size=vocab,
+                                max_length=info.shape[0])
+        extra_meta[KEY_TOKENIZER] = encoder.to_json()
+        if spec.model.name == "text":
+            kwargs = {**spec.model.kwargs, "vocab_size": encoder.vocab_size}
+            spec = spec.replace(model=dataclasses.replace(spec.model, kwargs=kwargs))
+    spec = spec.replace(num_classes=info.num_classes, input_shape=info.shape,
+                        train_fingerprint=fingerprint(train), class_names=info.class_names)
+    all_rows = np.arange(len(train), dtype=np.int64)
+    ledger = []
+    if exclude is not None:
+        ids = canonical_ids(exclude.ids, integer=train.id_is_int, path=exclude.path)
+        dropped = resolve_rows(ids, train_index=train.index(), heldout_index=heldout.index(),
+                               path=exclude.path)
+        all_rows = np.setdiff1d(all_rows, dropped)
+        ledger.append(new_entry([train.ids[r] for r in dropped], manifest_sha256=exclude.sha256,
+                                method="retrain", time=utc_now()))
+    model, result = fit(spec, split=train, rows=all_rows, info=info, precision=precision,
+                        seed=spec.recipe.seed, encoder=encoder, allow_plugin=allow_plugin,
+                        on_progress=on_progress)
+    evidence = np.flatnonzero(~reference_mask(heldout.ids, fraction=spec.data.reference_fraction))
+    scores = []
+    for split, rows in ((train, all_rows), (heldout, evidence)):
+        loader = make_loader(source(split, rows, spec=spec.data, info=info, encoder=encoder),
+                             batch_size=512, shuffle=False, seed=0, device=precision.device)
+        scores.append(score(predict(model, loader, precision=precision)))
+    stored = relativise_data_path(spec, base=out.resolve().parent)
+    provenance = {
+        "tool": f"unforget {__version__}",
+        "command": "train",
+        "seed": spec.recipe.seed,
+        "torch": _torch_version(),
+        "device": str(precision.device),
+        "time": utc_now(),
+        "train_seconds": round(result.seconds, 3),
+        "train_accuracy": round(scores[0].accuracy, 6),
+        "heldout_accuracy": round(scores[1].accuracy, 6),
+    }
+    meta = {KEY_SPEC: stored.to_json(), KEY_PROVENANCE: provenance, **extra_meta}
+    if ledger:
+        meta[KEY_LEDGER] = entries_to_json(ledger)
+    sha = save_checkpoint(out, state_dict_cpu(model), metadata=meta, force=force)
+    return TrainReport(out=out, sha256=sha, spec=spec, train=scores[0], heldout=scores[1],
+                       result=result)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
