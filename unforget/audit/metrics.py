@@ -70,15 +70,43 @@ def auc(member_scores: npt.ArrayLike, nonmember_scores: npt.ArrayLike) -> float:
     return u / (len(pos) * len(neg))
 
 
+def _weighted_aucs(
+    below: npt.NDArray[np.intp],
+    upto: npt.NDArray[np.intp],
+    pos_counts: npt.NDArray[np.int64],
+    neg_counts: npt.NDArray[np.int64],
+) -> FloatArray:
+    """AUC of each resample given as multiplicities, without re-sorting anything.
+
+    With H sorted once, a resample is a row c of multiplicities over F and a row d over sorted H;
+    AUC* = Σ_i c_i·[D(< x_i) + ½·D(= x_i)] / (n1·n2), where D(< x) and D(≤ x) are the cumulative
+    sums of d at the precomputed positions ``below`` and ``upto`` (searchsorted left / right).
+
+    Args:
+        below, upto: for each F score, the count of H scores strictly below / at or below it.
+        pos_counts: shape ``(B, n1)``, multiplicities of F. neg_counts: shape ``(B, n2)``.
+
+    Returns:
+        Shape ``(B,)``: the AUC of each resample.
+    """
+    b, n2 = neg_counts.shape
+    cum = np.zeros((b, n2 + 1))
+    np.cumsum(neg_counts, axis=1, out=cum[:, 1:])
+    wins = 0.5 * (cum[:, below] + cum[:, upto])
+    n1 = pos_counts.shape[1]
+    return np.asarray(np.einsum("bi,bi->b", pos_counts, wins) / (n1 * n2), dtype=np.float64)
+
+
 def _bootstrap_aucs(
     pos: FloatArray, neg: FloatArray, *, rng: np.random.Generator, n_boot: int
 ) -> FloatArray:
     """AUCs of ``n_boot`` stratified resamples (each group resampled separately, with replacement).
 
-    No resample is re-sorted: with H sorted once, a resample is a vector of multiplicities d over
-    H and c over F, and AUC* = Σ_i c_i [D(<x_i) + ½ D(=x_i)] / (n1·n2), where D(<x) is the
-    resampled count of H below x, read off the cumulative sum of d at precomputed positions.
+    Resamples are drawn in chunks of rows bounded by memory, as multiplicity vectors (bincount of
+    uniform indices), and scored by :func:`_weighted_aucs` in O(n1 + n2) each.
     """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be positive, got {n_boot}")
     n1, n2 = len(pos), len(neg)
     ordered = np.sort(neg)
     below = np.searchsorted(ordered, pos, side="left")
@@ -90,10 +118,7 @@ def _bootstrap_aucs(
         offsets = np.arange(b)[:, None]
         d = np.bincount((rng.integers(0, n2, (b, n2)) + offsets * n2).ravel(), minlength=b * n2)
         c = np.bincount((rng.integers(0, n1, (b, n1)) + offsets * n1).ravel(), minlength=b * n1)
-        cum = np.zeros((b, n2 + 1))
-        np.cumsum(d.reshape(b, n2), axis=1, out=cum[:, 1:])
-        wins = 0.5 * (cum[:, below] + cum[:, upto])
-        out[start : start + b] = np.einsum("bi,bi->b", c.reshape(b, n1), wins) / (n1 * n2)
+        out[start : start + b] = _weighted_aucs(below, upto, c.reshape(b, n1), d.reshape(b, n2))
     return out
 
 

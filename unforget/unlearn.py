@@ -1,0 +1,230 @@
+"""``unforget apply``: unlearn a manifest's IDs and write a new checkpoint with a receipt.
+
+Order of work is chosen so that bad input fails before anything expensive: method and options,
+output path, checkpoint, data and manifest are all validated before the first gradient step;
+the output is written atomically, and the receipt after it (the checkpoint is removed again if
+the receipt cannot be written), so a failure never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unforget import __version__
+from unforget import checkpoint as ckpt_io
+from unforget.context import Workspace, open_workspace
+from unforget.device import Precision, seed_everything
+from unforget.errors import InputError
+from unforget.evaluate import predict, score
+from unforget.fileio import atomic_write_json, refuse_existing
+from unforget.ledger import covered, entries_to_json, find_manifest, new_entry
+from unforget.loaders import make_loader, source
+from unforget.manifest import Manifest, read_manifest
+from unforget.methods import get_method, make_config
+from unforget.methods.base import GuardConfig, Outcome, UnlearnTask
+from unforget.models import build_model
+from unforget.options import as_plain
+from unforget.progress import ProgressFn, silent
+from unforget.receipt import Provenance, Receipt, Snapshot
+from unforget.spec import relativise_data_path
+from unforget.train import fit, prepare_model
+
+EVAL_BATCH = 512
+RETAIN_SAMPLE = 2048
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApplyRequest:
+    ckpt: Path
+    manifest: Path
+    method: str = "nabla-tau"
+    options: dict[str, str] = dataclasses.field(default_factory=dict)
+    out: Path | None = None
+    seed: int = 0
+    force: bool = False
+    config: Path | None = None
+    flags: dict[str, Any] = dataclasses.field(default_factory=dict)
+    accept_data_change: bool = False
+    guard: GuardConfig = dataclasses.field(default_factory=GuardConfig)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """``receipt`` is None when the manifest was already applied (nothing written)."""
+
+    out: Path
+    receipt_path: Path
+    receipt: Receipt | None
+    already_applied: str | None = None
+
+
+def default_out(ckpt: Path) -> Path:
+    """``model.safetensors`` -> ``model.unlearned.safetensors`` beside the input."""
+    return ckpt.with_name(f"{ckpt.stem}.unlearned.safetensors")
+
+
+def receipt_path(out: Path) -> Path:
+    return out.with_name(out.name + ".receipt.json")
+
+
+def apply(request: ApplyRequest, *, precision: Precision,
+          on_progress: ProgressFn = silent) -> ApplyResult:
+    """Run one deletion request end to end (see module docstring)."""
+    method = get_method(request.method)
+    config = make_config(method, request.options)
+    out = request.out or default_out(request.ckpt)
+    if out.resolve() == request.ckpt.resolve():
+        raise InputError("--out must differ from --ckpt: unforget never overwrites its input")
+    manifest = read_manifest(request.manifest)
+    ws = open_workspace(request.ckpt, config=request.config, flags=request.flags,
+                        accept_data_change=request.accept_data_change)
+    forget = ws.forget_rows(manifest)
+    earlier = find_manifest(ws.ledger, manifest.sha256)
+    if earlier is None and all(covered(ws.ledger, [ws.train.ids[r] for r in forget])):
+        earlier = ws.ledger[-1] if ws.ledger else None
+    if earlier is not None and not request.force:
+        return ApplyResult(out=out, receipt_path=receipt_path(out), receipt=None,
+                           already_applied=f"{earlier.count} IDs by {earlier.method} at "
+                                           f"{earlier.time}")
+    refuse_existing(out, force=request.force)
+    refuse_existing(receipt_path(out), force=request.force)
+    seed_everything(request.seed)
+    task, evals = _task(ws, forget, request, precision, on_progress)
+    before = _snapshot(task.model, ws, forget, evals, precision)
+    start = time.perf_counter()
+    outcome: Outcome = method.run(task, config)
+    seconds = time.perf_counter() - start
+    after = _snapshot(outcome.model, ws, forget, evals, precision)
+    return _write(ws, request, manifest, forget, out, outcome, before, after, seconds,
+                  options=as_plain(config), precision=precision)
+
+
+def _task(ws: Workspace, forget: np.ndarray, request: ApplyRequest, precision: Precision,
+          on_progress: ProgressFn) -> tuple[UnlearnTask, dict[str, Any]]:
+    model = build_model(ws.spec.model, input_shape=ws.info.shape,
+                        num_classes=ws.info.num_classes, allow_plugin=ws.allow_plugin)
+    ckpt_io.load_into(model, ws.checkpoint)
+    model = prepare_model(model, precision)
+    retain = ws.retain_rows(forget)
+    rng = np.random.default_rng(request.seed)
+    sample = np.sort(rng.choice(retain, size=min(RETAIN_SAMPLE, len(retain)), replace=False))
+    batch = ws.spec.recipe.batch_size
+
+    def loader(split: Any, rows: np.ndarray, *, shuffle: bool, size: int = batch) -> Any:
+        src = source(split, rows, spec=ws.spec.data, info=ws.info, encoder=ws.encoder)
+        return make_loader(src, batch_size=size, shuffle=shuffle, seed=request.seed,
+                           device=precision.device, num_workers=ws.spec.recipe.num_workers)
+
+    def retrain() -> Any:
+        fresh, _ = fit(ws.spec, split=ws.train, rows=retain, info=ws.info, precision=precision,
+                       seed=request.seed, encoder=ws.encoder, allow_plugin=ws.allow_plugin,
+                       on_progress=on_progress, task="retrain")
+        return fresh
+
+    reference = ws.reference_rows()
+    task = UnlearnTask(
+        model=model,
+        forget=loader(ws.train, forget, shuffle=True),
+        retain=loader(ws.train, retain, shuffle=True),
+        reference=loader(ws.heldout, reference, shuffle=False, size=EVAL_BATCH),
+        retain_eval=loader(ws.train, sample, shuffle=False, size=EVAL_BATCH),
+        forget_eval=loader(ws.train, forget, shuffle=False, size=EVAL_BATCH),
+        precision=precision,
+        spec=ws.spec,
+        seed=request.seed,
+        n_forget=len(forget),
+        n_retain=len(retain),
+        guard=request.guard,
+        retrain=retrain,
+        statistics=_statistics_path(ws.checkpoint.path),
+        on_progress=on_progress,
+    )
+    evals = {
+        "forget": task.forget_eval,
+        "retain": task.retain_eval,
+        "heldout": loader(ws.heldout, ws.evidence_rows(), shuffle=False, size=EVAL_BATCH),
+    }
+    return task, evals
+
+
+def _statistics_path(ckpt: Path) -> Path | None:
+    path = ckpt.with_name(f"{ckpt.stem}.pgu.safetensors")
+    return path if path.is_file() else None
+
+
+def removed_classes(ws: Workspace, forget: np.ndarray) -> list[int]:
+    """Classes all of whose remaining training rows are in the forget set (class removal)."""
+    remaining = np.setdiff1d(np.arange(len(ws.train)), ws.ledger_rows())
+    labels = ws.train.labels
+    out = []
+    for c in np.unique(labels[forget]):
+        if np.isin(remaining[labels[remaining] == c], forget).all():
+            out.append(int(c))
+    return out
+
+
+def _snapshot(model: Any, ws: Workspace, forget: np.ndarray, evals: dict[str, Any],
+              precision: Precision) -> Snapshot:
+    outputs = {name: predict(model, loader, precision=precision) for name, loader in evals.items()}
+    classes = removed_classes(ws, forget)
+    removed = other = None
+    if classes:
+        mask = np.isin(outputs["heldout"].labels, classes)
+        removed, other = score(outputs["heldout"], mask), score(outputs["heldout"], ~mask)
+    return Snapshot(forget=score(outputs["forget"]), retain=score(outputs["retain"]),
+                    heldout=score(outputs["heldout"]), removed_classes=removed,
+                    other_classes=other)
+
+
+def _write(ws: Workspace, request: ApplyRequest, manifest: Manifest, forget: np.ndarray,
+           out: Path, outcome: Outcome, before: Snapshot, after: Snapshot, seconds: float, *,
+           options: dict[str, Any], precision: Precision) -> ApplyResult:
+    import torch
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    reference_ids = tuple(ws.heldout.ids[r] for r in ws.reference_rows())
+    uses_reference = "reference" in get_method(request.method).info.needs
+    reference_ids = reference_ids if uses_reference else ()
+    provenance = Provenance(
+        tool=f"unforget {__version__}", command="apply", method=request.method, options=options,
+        seed=request.seed, torch=str(torch.__version__), device=str(precision.device), time=now,
+        input_sha256=ws.checkpoint.sha256, manifest_sha256=manifest.sha256,
+        manifest_count=len(forget), data_fingerprint=ws.spec.train_fingerprint or "",
+        data_changed=ws.data_changed, reference_rows=len(reference_ids),
+        reference_ids_sha256=hashlib.sha256("\n".join(reference_ids).encode()).hexdigest(),
+    )
+    entry = new_entry([ws.train.ids[r] for r in forget], manifest_sha256=manifest.sha256,
+                      method=request.method, time=now)
+    spec = relativise_data_path(ws.spec, base=out.resolve().parent)
+    metadata = {k: v for k, v in ws.checkpoint.metadata.items()
+                if k.startswith("unforget.") and k not in {ckpt_io.KEY_ALIASES, "unforget.format"}}
+    metadata.update({
+        ckpt_io.KEY_SPEC: spec.to_json(),
+        ckpt_io.KEY_PROVENANCE: provenance.as_dict(),
+        ckpt_io.KEY_LEDGER: entries_to_json([*ws.ledger, entry]),
+    })
+    sha = ckpt_io.save_checkpoint(out, ckpt_io.state_dict_cpu(outcome.model), metadata=metadata,
+                                  force=request.force)
+    names = ws.spec.class_names or ws.info.class_names
+    receipt = Receipt(
+        provenance=provenance, output_path=str(out), output_sha256=sha,
+        input_path=str(request.ckpt), before=before, after=after, steps=outcome.steps,
+        stop_reason=outcome.stop_reason, seconds=seconds,
+        removed_classes=tuple(names[c] for c in removed_classes(ws, forget)),
+        method_details=outcome.details, reference_ids=reference_ids,
+    )
+    try:
+        atomic_write_json(receipt_path(out), receipt.as_dict())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            out.unlink()
+        raise
+    return ApplyResult(out=out, receipt_path=receipt_path(out), receipt=receipt)
