@@ -44,15 +44,29 @@ def main() -> None:
     rng = np.random.default_rng(SEED + 2)
     random_ids = sorted(rng.choice(ids, size=len(ids) // 10, replace=False))
     sandal = fmnist.CLASS_NAMES.index("Sandal")
-    _write_manifest(args.out / "forget_random10.txt", random_ids,
-                    "random 10% of the sample training split")
-    _write_manifest(args.out / "forget_class_sandal.txt", sorted(ids[labels == sandal]),
-                    "every training sample of class 'Sandal' (class removal)")
+    _write_manifest(
+        args.out / "forget_random10.txt", random_ids, "random 10% of the sample training split"
+    )
+    _write_manifest(
+        args.out / "forget_class_sandal.txt",
+        sorted(ids[labels == sandal]),
+        "every training sample of class 'Sandal' (class removal)",
+    )
     if not args.skip_train:
         subprocess.run(
-            [sys.executable, "-m", "unforget", "train", "--config",
-             str(args.out / "unforget.toml"), "--out", str(args.out / "model.safetensors"),
-             "--device", "cpu", "--force"],
+            [
+                sys.executable,
+                "-m",
+                "unforget",
+                "train",
+                "--config",
+                str(args.out / "unforget.toml"),
+                "--out",
+                str(args.out / "model.safetensors"),
+                "--device",
+                "cpu",
+                "--force",
+            ],
             check=True,
         )
 

@@ -38,10 +38,12 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from unforget.training_run import train_checkpoint
 
     out = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
-    spec = merge_spec({
-        "model": {"name": "mlp", "kwargs": {"hidden": [128]}},
-        "data": {"path": str(SAMPLE / "fashion-mnist")},
-        "recipe": {"epochs": 8, "batch_size": 128, "lr": 0.003, "seed": 0},
-    })
+    spec = merge_spec(
+        {
+            "model": {"name": "mlp", "kwargs": {"hidden": [128]}},
+            "data": {"path": str(SAMPLE / "fashion-mnist")},
+            "recipe": {"epochs": 8, "batch_size": 128, "lr": 0.003, "seed": 0},
+        }
+    )
     train_checkpoint(spec, out=out, precision=precision_for(resolve_device("cpu")))
     return out

@@ -69,7 +69,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{path} looks like a pickle checkpoint, which unforget never loads (it can run code); "
-            "convert it once with: python -c \"import torch, safetensors.torch as s; "
+            'convert it once with: python -c "import torch, safetensors.torch as s; '
             f"s.save_file(torch.load('{path.name}', weights_only=True), 'model.safetensors')\""
         )
     if not path.is_file():
@@ -109,7 +109,9 @@ def save_checkpoint(
     target = Path(path)
     refuse_existing(target, force=force)
     tensors, aliases = _dedupe(state)
-    meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+    meta = {
+        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()
+    }
     meta["format"] = "pt"
     meta["unforget.format"] = FORMAT_VERSION
     if aliases:
@@ -141,7 +143,9 @@ def load_into(model: nn.Module, checkpoint: Checkpoint) -> None:
     if missing:
         problems.append(f"missing {len(missing)} tensors (first: {', '.join(missing[:3])})")
     if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensors (first: {', '.join(unexpected[:3])})")
+        problems.append(
+            f"unexpected {len(unexpected)} tensors (first: {', '.join(unexpected[:3])})"
+        )
     if shapes:
         problems.append(f"{len(shapes)} shape mismatches (first: {'; '.join(shapes[:3])})")
     if problems:
@@ -158,13 +162,19 @@ def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
     aliases: dict[str, str] = {}
     for name in sorted(state):
         tensor = state[name].detach().to("cpu")
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
-               tuple(tensor.stride()))
+        key = (
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tuple(tensor.stride()),
+        )
         if tensor.numel() and key in seen:
             aliases[name] = seen[key]
             continue
         seen[key] = name
-        tensors[name] = tensor.contiguous().clone() if _shares(tensor, tensors) else tensor.contiguous()
+        tensors[name] = (
+            tensor.contiguous().clone() if _shares(tensor, tensors) else tensor.contiguous()
+        )
     return tensors, aliases
 
 

@@ -57,8 +57,12 @@ def _progress(enabled: bool) -> Iterator[Callable[[Any], None]]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     tasks: dict[str, Any] = {}
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=_console(), transient=True) as bar:
 
         def update(tick: Any) -> None:
@@ -91,18 +95,24 @@ def _flags(sets: list[str] | None, **named: Any) -> dict[str, Any]:
 
 
 @app.command(
-    epilog="Examples:\n\n  unforget train --data sample_data/fashion-mnist --model mlp --out model.safetensors"
+    epilog="Examples:\n\n  unforget train --data sample_data/fashion-mnist --model mlp"
+    " --out model.safetensors"
     "\n\n  unforget train --like model.safetensors --exclude ids.txt --out retrained.safetensors",
 )
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors).")],
     data: Annotated[str | None, typer.Option("--data", help="Data folder.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="mlp, cnn, resnet18, text, "
-                                                           "or pkg.module:factory.")] = None,
-    like: Annotated[Path | None, typer.Option("--like", help="Reuse this checkpoint's spec "
-                                                             "(model, data, recipe).")] = None,
-    exclude: Annotated[Path | None, typer.Option("--exclude", help="Manifest of IDs to leave "
-                                                                   "out (exact retraining).")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="mlp, cnn, resnet18, text, or pkg.module:factory.")
+    ] = None,
+    like: Annotated[
+        Path | None,
+        typer.Option("--like", help="Reuse this checkpoint's spec (model, data, recipe)."),
+    ] = None,
+    exclude: Annotated[
+        Path | None,
+        typer.Option("--exclude", help="Manifest of IDs to leave out (exact retraining)."),
+    ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
     lr: Annotated[float | None, typer.Option("--lr")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
@@ -122,15 +132,31 @@ def train(
     from unforget.report import print_train
     from unforget.training_run import train_checkpoint
 
-    flags = _flags(sets, **{"data.path": data, "model.name": model, "recipe.epochs": epochs,
-                            "recipe.lr": lr, "recipe.batch_size": batch_size, "recipe.seed": seed})
+    flags = _flags(
+        sets,
+        **{
+            "data.path": data,
+            "model.name": model,
+            "recipe.epochs": epochs,
+            "recipe.lr": lr,
+            "recipe.batch_size": batch_size,
+            "recipe.seed": seed,
+        },
+    )
     base = load_checkpoint(like) if like else None
     spec, allow_plugin = resolve_spec(base, config=config, flags=flags)
     spec = spec.replace(train_fingerprint=None)
     manifest = read_manifest(exclude) if exclude else None
     with _progress(not quiet and not as_json) as tick:
-        report = train_checkpoint(spec, out=out, precision=_precision(device), force=force,
-                                  allow_plugin=allow_plugin, exclude=manifest, on_progress=tick)
+        report = train_checkpoint(
+            spec,
+            out=out,
+            precision=_precision(device),
+            force=force,
+            allow_plugin=allow_plugin,
+            exclude=manifest,
+            on_progress=tick,
+        )
     if as_json:
         _emit_json(report_json(report))
     elif not quiet:
@@ -151,12 +177,16 @@ def report_json(report: Any) -> dict[str, Any]:
     }
 
 
-@app.command(name="inspect", epilog="Example:\n\n  unforget inspect model.unlearned.safetensors "
-             "--check-ids ids.txt --json")
+@app.command(
+    name="inspect",
+    epilog="Example:\n\n  unforget inspect model.unlearned.safetensors --check-ids ids.txt --json",
+)
 def inspect_cmd(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors).")],
-    check_ids: Annotated[Path | None, typer.Option("--check-ids", help="Manifest: which of its "
-                                                                       "IDs the ledger covers.")] = None,
+    check_ids: Annotated[
+        Path | None,
+        typer.Option("--check-ids", help="Manifest: which of its IDs the ledger covers."),
+    ] = None,
     as_json: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -171,6 +201,123 @@ def inspect_cmd(
         _emit_json(summary.as_dict())
     elif not quiet:
         print_summary(_console(), summary)
+
+
+@app.command(
+    epilog="Examples:\n\n  unforget apply --ckpt model.safetensors --forget ids.txt"
+    "\n\n  unforget apply --ckpt model.safetensors --forget ids.txt --method scrub --json"
+    "\n\n  unforget apply --ckpt model.safetensors --forget ids.txt --set lr=3e-4",
+)
+def apply(
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="Input checkpoint (never modified).")],
+    forget: Annotated[
+        Path,
+        typer.Option(
+            "--forget", help="Manifest: IDs to forget, one per line (or CSV/JSONL with 'id')."
+        ),
+    ],
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="Unlearning method (see `unforget methods`).")
+    ] = "nabla-tau",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Output checkpoint (default: <stem>.unlearned.safetensors)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for shuffling and sampling.")] = 0,
+    sets: Sets = None,
+    config: Config = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data folder (overrides the checkpoint's spec).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Architecture (needed to run plugin model code).")
+    ] = None,
+    accept_data_change: Annotated[
+        bool,
+        typer.Option(
+            "--accept-data-change",
+            help="Proceed although the training data's fingerprint "
+            "differs from the one the model was trained on (recorded in the receipt).",
+        ),
+    ] = False,
+    max_retain_drop: Annotated[
+        float,
+        typer.Option(
+            "--max-retain-drop",
+            help="Guard rail: stop if retain accuracy falls this much (absolute) below its start.",
+        ),
+    ] = 0.15,
+    device: Device = "auto",
+    force: Force = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> int:
+    """Unlearn the manifest's IDs; write a new checkpoint and a receipt beside it."""
+    from unforget.methods.base import GuardConfig
+    from unforget.options import parse_assignments
+    from unforget.report import print_apply
+    from unforget.unlearn import ApplyRequest
+    from unforget.unlearn import apply as run_apply
+
+    request = ApplyRequest(
+        ckpt=ckpt,
+        manifest=forget,
+        method=method,
+        options=parse_assignments(sets or []),
+        out=out,
+        seed=seed,
+        force=force,
+        config=config,
+        flags=_flags(None, **{"data.path": data, "model.name": model}),
+        accept_data_change=accept_data_change,
+        guard=GuardConfig(max_retain_drop=max_retain_drop),
+    )
+    with _progress(not quiet and not as_json) as tick:
+        result = run_apply(request, precision=_precision(device), on_progress=tick)
+    if as_json:
+        _emit_json(
+            result.receipt.as_dict()
+            if result.receipt
+            else {
+                "schema": "unforget.receipt/1",
+                "already_applied": result.already_applied,
+                "output_path": None,
+            }
+        )
+    elif not quiet:
+        print_apply(_console(), result)
+    return 0
+
+
+@app.command(epilog="Example:\n\n  unforget methods --json")
+def methods(
+    as_json: Json = False,
+    debug: Debug = False,
+) -> None:
+    """List unlearning methods with the data each needs and their options."""
+    from unforget.methods import available, get_method
+    from unforget.options import describe
+    from unforget.report import print_methods
+
+    rows = []
+    for name in available():
+        m = get_method(name)
+        rows.append(
+            {
+                "name": name,
+                "summary": m.info.summary,
+                "needs": list(m.info.needs),
+                "paper": m.info.paper,
+                "options": describe(m.Config),
+            }
+        )
+    if as_json:
+        _emit_json({"schema": "unforget.methods/1", "methods": rows})
+    else:
+        print_methods(_console(), rows)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -64,8 +64,12 @@ class Workspace:
     def forget_rows(self, manifest: Manifest) -> np.ndarray:
         """Training rows named by ``manifest`` (validated; see :func:`resolve_rows`)."""
         ids = canonical_ids(manifest.ids, integer=self.train.id_is_int, path=manifest.path)
-        return resolve_rows(ids, train_index=self.train.index(),
-                            heldout_index=self.heldout.index(), path=manifest.path)
+        return resolve_rows(
+            ids,
+            train_index=self.train.index(),
+            heldout_index=self.heldout.index(),
+            path=manifest.path,
+        )
 
     def retain_rows(self, forget: np.ndarray) -> np.ndarray:
         """Train rows minus ``forget`` minus everything already in the ledger."""
@@ -101,7 +105,8 @@ def resolve_spec(
     flag_layer = flags_layer(flags)
     spec = merge_spec(meta, file_layer, flag_layer)
     named = [
-        layer.get("model", {}).get("name") for layer in (file_layer, flag_layer)
+        layer.get("model", {}).get("name")
+        for layer in (file_layer, flag_layer)
         if isinstance(layer.get("model"), dict)
     ]
     allow_plugin = spec.model.is_plugin and spec.model.name in named
@@ -126,8 +131,10 @@ def open_workspace(
     heldout = load_split(spec.data, spec.data.heldout_split)
     overlap = set(train.ids) & set(heldout.ids)
     if overlap:
-        raise DataError(f"{len(overlap)} IDs are in both the training and held-out split "
-                        f"(first: {', '.join(sorted(overlap)[:3])}); held-out must be unseen")
+        raise DataError(
+            f"{len(overlap)} IDs are in both the training and held-out split "
+            f"(first: {', '.join(sorted(overlap)[:3])}); held-out must be unseen"
+        )
     info = input_info(train, spec.data)
     changed = bool(spec.train_fingerprint) and spec.train_fingerprint != fingerprint(train)
     if changed and not accept_data_change:
@@ -137,12 +144,21 @@ def open_workspace(
             "pass --accept-data-change if the change is intended (it is recorded)"
         )
     if spec.num_classes is not None and spec.num_classes != info.num_classes:
-        raise SpecError(f"the model has {spec.num_classes} classes but the data has "
-                        f"{info.num_classes}")
+        raise SpecError(
+            f"the model has {spec.num_classes} classes but the data has {info.num_classes}"
+        )
     encoder = _encoder(checkpoint, info)
-    return Workspace(checkpoint=checkpoint, spec=spec, train=train, heldout=heldout, info=info,
-                     ledger=entries_from_json(checkpoint.meta_json(ckpt_io.KEY_LEDGER)),
-                     encoder=encoder, allow_plugin=allow_plugin, data_changed=changed)
+    return Workspace(
+        checkpoint=checkpoint,
+        spec=spec,
+        train=train,
+        heldout=heldout,
+        info=info,
+        ledger=entries_from_json(checkpoint.meta_json(ckpt_io.KEY_LEDGER)),
+        encoder=encoder,
+        allow_plugin=allow_plugin,
+        data_changed=changed,
+    )
 
 
 def _encoder(checkpoint: Checkpoint, info: InputInfo) -> Encoder | None:

@@ -75,8 +75,10 @@ def load_split(spec: DataSpec, split: str) -> Split:
     needed = [spec.id_column, spec.label_column, *spec.input_columns]
     missing = [c for c in needed if c not in columns]
     collect(
-        [f"split {split!r} has no column {c!r} (columns: {', '.join(sorted(columns))})"
-         for c in missing],
+        [
+            f"split {split!r} has no column {c!r} (columns: {', '.join(sorted(columns))})"
+            for c in missing
+        ],
         error=DataError,
         what=f"data {spec.path}",
     )
@@ -88,8 +90,10 @@ def load_split(spec: DataSpec, split: str) -> Split:
     ids = tuple(str(v) for v in id_column.to_pylist())
     if len(set(ids)) != len(ids):
         dupes = _first_duplicates(ids)
-        raise DataError(f"split {split!r}: ID column {spec.id_column!r} has duplicates "
-                        f"(first: {', '.join(dupes)})")
+        raise DataError(
+            f"split {split!r}: ID column {spec.id_column!r} has duplicates "
+            f"(first: {', '.join(dupes)})"
+        )
     labels = np.asarray(table.column(spec.label_column).to_numpy(), dtype=np.int64)
     return Split(name=split, dataset=dataset, ids=ids, labels=labels, id_is_int=id_is_int)
 
@@ -185,8 +189,9 @@ def _split_files(path: Path, split: str, fmt: str) -> list[str]:
         files += [path / f"{split}{ext}"] if (path / f"{split}{ext}").is_file() else []
         files += sorted(path.glob(f"{split}-*{ext}")) + sorted(path.glob(f"{split}/*{ext}"))
     if not files:
-        raise DataError(f"{path} has no {fmt} files for split {split!r} "
-                        f"(expected {split}{_EXTENSIONS[fmt][0]})")
+        raise DataError(
+            f"{path} has no {fmt} files for split {split!r} (expected {split}{_EXTENSIONS[fmt][0]})"
+        )
     return [str(f) for f in files]
 
 

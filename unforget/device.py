@@ -49,7 +49,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise InputError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but no CUDA GPU is available; use --device cpu")
+        raise InputError(
+            f"device {name!r} requested but no CUDA GPU is available; use --device cpu"
+        )
     if device.type not in {"cpu", "cuda"}:
         raise InputError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
     return device

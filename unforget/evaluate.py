@@ -48,8 +48,9 @@ class Score:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[Batch], *, precision: Precision,
-            augment_hflip: bool = False) -> Outputs:
+def predict(
+    model: nn.Module, batches: Iterable[Batch], *, precision: Precision, augment_hflip: bool = False
+) -> Outputs:
     """Run ``model`` in eval mode over ``batches``; restores the previous train/eval mode.
 
     With ``augment_hflip`` the logits of the identity and the horizontally flipped view are
@@ -82,4 +83,4 @@ def score(outputs: Outputs, mask: np.ndarray | None = None) -> Score:
         correct, losses = correct[mask], losses[mask]
     if len(correct) == 0:
         return Score(accuracy=float("nan"), loss=float("nan"), n=0)
-    return Score(accuracy=float(correct.mean()), loss=float(losses.mean()), n=int(len(correct)))
+    return Score(accuracy=float(correct.mean()), loss=float(losses.mean()), n=len(correct))

@@ -18,8 +18,18 @@ from unforget.errors import DataError
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 INSTALL_HINT = "install it with: sudo apt-get install -y dataset-fashion-mnist"
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-               "Sneaker", "Bag", "Ankle boot")
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -56,8 +66,10 @@ def load(part: str, root: Path = DEBIAN_ROOT) -> tuple[np.ndarray, np.ndarray]:
 def stratified_subset(labels: np.ndarray, per_class: int, *, seed: int) -> np.ndarray:
     """Sorted row indices with ``per_class`` rows of each class, drawn with ``seed``."""
     rng = np.random.default_rng(seed)
-    picks = [rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False)
-             for c in np.unique(labels)]
+    picks = [
+        rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False)
+        for c in np.unique(labels)
+    ]
     return np.sort(np.concatenate(picks))
 
 
@@ -65,11 +77,13 @@ def write_split(path: Path, *, ids: list[str], images: np.ndarray, labels: np.nd
     """Write a split as parquet with explicit features (string ID, uint8 image, ClassLabel)."""
     from datasets import Array2D, ClassLabel, Dataset, Features, Value
 
-    features = Features({
-        "id": Value("string"),
-        "image": Array2D(shape=tuple(images.shape[1:]), dtype="uint8"),
-        "label": ClassLabel(names=list(CLASS_NAMES)),
-    })
+    features = Features(
+        {
+            "id": Value("string"),
+            "image": Array2D(shape=tuple(images.shape[1:]), dtype="uint8"),
+            "label": ClassLabel(names=list(CLASS_NAMES)),
+        }
+    )
     dataset = Dataset.from_dict({"id": ids, "image": images, "label": labels}, features=features)
     path.parent.mkdir(parents=True, exist_ok=True)
     import pyarrow.parquet as pq
@@ -79,8 +93,13 @@ def write_split(path: Path, *, ids: list[str], images: np.ndarray, labels: np.nd
     pq.write_table(table, str(path), compression="zstd")
 
 
-def export(out: Path, *, train_rows: np.ndarray | None = None,
-           test_rows: np.ndarray | None = None, root: Path = DEBIAN_ROOT) -> dict[str, int]:
+def export(
+    out: Path,
+    *,
+    train_rows: np.ndarray | None = None,
+    test_rows: np.ndarray | None = None,
+    root: Path = DEBIAN_ROOT,
+) -> dict[str, int]:
     """Write ``train.parquet`` (from the train part) and ``heldout.parquet`` (from the test part).
 
     IDs are ``fmnist-train-NNNNN`` / ``fmnist-test-NNNNN`` with the row number in the original

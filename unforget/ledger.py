@@ -66,9 +66,7 @@ def entries_from_json(raw: Any) -> tuple[LedgerEntry, ...]:
     if not isinstance(raw, list):
         raise CheckpointError("metadata 'unforget.ledger' is not a list")
     try:
-        return tuple(
-            LedgerEntry(**{**item, "id_hashes": tuple(item["id_hashes"])}) for item in raw
-        )
+        return tuple(LedgerEntry(**{**item, "id_hashes": tuple(item["id_hashes"])}) for item in raw)
     except (TypeError, KeyError) as exc:
         raise CheckpointError(f"metadata 'unforget.ledger' is malformed ({exc})") from exc
 

@@ -69,8 +69,14 @@ class RowSource(torch.utils.data.Dataset[Batch]):
         return torch.from_numpy(_features(table, self.columns))
 
 
-def source(split: Split, rows: np.ndarray, *, spec: DataSpec, info: InputInfo,
-           encoder: Encoder | None = None) -> RowSource:
+def source(
+    split: Split,
+    rows: np.ndarray,
+    *,
+    spec: DataSpec,
+    info: InputInfo,
+    encoder: Encoder | None = None,
+) -> RowSource:
     """A :class:`RowSource` over ``rows`` of ``split`` (row positions, int64)."""
     return RowSource(
         split=split,

@@ -46,8 +46,9 @@ def read_manifest(path: str | Path) -> Manifest:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"manifest {path} is not UTF-8 text ({exc.reason} at byte "
-                            f"{exc.start})") from exc
+        raise ManifestError(
+            f"manifest {path} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from exc
     suffix = path.suffix.lower()
     if suffix == ".csv":
         items = _csv_ids(text, path)
@@ -58,8 +59,9 @@ def read_manifest(path: str | Path) -> Manifest:
     unique = tuple(dict.fromkeys(items))
     if not unique:
         raise ManifestError(f"manifest {path} lists no IDs")
-    return Manifest(path=path, ids=unique, sha256=sha256_bytes(raw),
-                    duplicates=len(items) - len(unique))
+    return Manifest(
+        path=path, ids=unique, sha256=sha256_bytes(raw), duplicates=len(items) - len(unique)
+    )
 
 
 def canonical_ids(ids: tuple[str, ...], *, integer: bool, path: Path) -> tuple[str, ...]:
@@ -78,8 +80,10 @@ def canonical_ids(ids: tuple[str, ...], *, integer: bool, path: Path) -> tuple[s
         except ValueError:
             bad.append(identifier)
     if bad:
-        raise ManifestError(f"manifest {path}: {len(bad)} IDs are not integers as the data's IDs "
-                            f"are (first: {_show(bad)})")
+        raise ManifestError(
+            f"manifest {path}: {len(bad)} IDs are not integers as the data's IDs "
+            f"are (first: {_show(bad)})"
+        )
     return tuple(dict.fromkeys(out))
 
 
@@ -107,11 +111,14 @@ def resolve_rows(
             unknown.append(identifier)
     problems = []
     if heldout:
-        problems.append(f"{len(heldout)} IDs are in the held-out split, which the model never "
-                        f"trained on (first: {_show(heldout)})")
+        problems.append(
+            f"{len(heldout)} IDs are in the held-out split, which the model never "
+            f"trained on (first: {_show(heldout)})"
+        )
     if unknown:
-        problems.append(f"{len(unknown)} IDs are not in the training split (first: "
-                        f"{_show(unknown)})")
+        problems.append(
+            f"{len(unknown)} IDs are not in the training split (first: {_show(unknown)})"
+        )
     if problems:
         raise ManifestError(f"manifest {path}: " + "; ".join(problems))
     return np.asarray(rows, dtype=np.int64)

@@ -27,8 +27,11 @@ class Snapshot:
     other_classes: Score | None = None  # held-out rows of the other classes
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"forget": self.forget.as_dict(), "retain_sample": self.retain.as_dict(),
-               "heldout": self.heldout.as_dict()}
+        out = {
+            "forget": self.forget.as_dict(),
+            "retain_sample": self.retain.as_dict(),
+            "heldout": self.heldout.as_dict(),
+        }
         if self.removed_classes is not None and self.other_classes is not None:
             out["heldout_removed_classes"] = self.removed_classes.as_dict()
             out["heldout_other_classes"] = self.other_classes.as_dict()

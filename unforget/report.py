@@ -24,8 +24,10 @@ def print_train(console: Any, report: Any) -> None:
     for name, s in (("train", report.train), ("held-out", report.heldout)):
         table.add_row(name, _pct(s.accuracy), f"{s.loss:.4f}", str(s.n))
     console.print(table)
-    console.print(f"{report.result.epochs} epochs in {report.result.seconds:.1f}s "
-                  f"({report.result.samples_per_second:,.0f} samples/s); sha256 {report.sha256[:16]}")
+    console.print(
+        f"{report.result.epochs} epochs in {report.result.seconds:.1f}s "
+        f"({report.result.samples_per_second:,.0f} samples/s); sha256 {report.sha256[:16]}"
+    )
 
 
 def print_summary(console: Any, summary: Any) -> None:
@@ -36,16 +38,22 @@ def print_summary(console: Any, summary: Any) -> None:
     if spec:
         model, data, recipe = spec.get("model", {}), spec.get("data", {}), spec.get("recipe", {})
         console.print(f"model: {model.get('name')} {model.get('kwargs') or ''}")
-        console.print(f"data: {data.get('path')} (id {data.get('id_column')!r}, label "
-                      f"{data.get('label_column')!r}, splits {data.get('train_split')}/"
-                      f"{data.get('heldout_split')})")
+        console.print(
+            f"data: {data.get('path')} (id {data.get('id_column')!r}, label "
+            f"{data.get('label_column')!r}, splits {data.get('train_split')}/"
+            f"{data.get('heldout_split')})"
+        )
         console.print(f"recipe: {recipe}")
     else:
         console.print("no unforget spec in metadata (pass --config to use it)")
     prov = summary.provenance or {}
     if prov:
-        console.print("provenance: " + ", ".join(f"{k}={v}" for k, v in sorted(prov.items())
-                                                 if not isinstance(v, (dict, list))))
+        console.print(
+            "provenance: "
+            + ", ".join(
+                f"{k}={v}" for k, v in sorted(prov.items()) if not isinstance(v, (dict, list))
+            )
+        )
     table = _table("deletion ledger", "#", "time", "method", "IDs", "manifest sha256")
     for i, e in enumerate(summary.ledger, start=1):
         table.add_row(str(i), e.time, e.method, str(e.count), e.manifest_sha256[:16])
@@ -55,5 +63,48 @@ def print_summary(console: Any, summary: Any) -> None:
         console.print(f"--check-ids: {hit} of {len(summary.id_check)} IDs covered by the ledger")
         missing = [i for i, c in summary.id_check.items() if not c]
         if missing:
-            console.print("not covered: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20
-                                                                      else ""))
+            console.print(
+                "not covered: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else "")
+            )
+
+
+def print_apply(console: Any, result: Any) -> None:
+    if result.receipt is None:
+        console.print(
+            f"already applied ({result.already_applied}); nothing to do "
+            "(pass --force to run it again)"
+        )
+        return
+    r = result.receipt
+    before, after = r.before, r.after
+    table = _table("", "", "forget", "retain sample", "held-out")
+    for name, snap in (("before", before), ("after", after)):
+        table.add_row(
+            name,
+            _pct(snap.forget.accuracy),
+            _pct(snap.retain.accuracy),
+            _pct(snap.heldout.accuracy),
+        )
+    console.print(
+        f"{r.provenance.method}: {r.provenance.manifest_count} samples forgotten in "
+        f"{r.seconds:.1f}s ({r.steps} steps, stopped: {r.stop_reason})"
+    )
+    console.print(table)
+    if after.removed_classes is not None and after.other_classes is not None:
+        console.print(
+            f"removed class(es) {', '.join(r.removed_classes)}: held-out accuracy "
+            f"{_pct(before.removed_classes.accuracy)} -> "
+            f"{_pct(after.removed_classes.accuracy)}; other classes "
+            f"{_pct(before.other_classes.accuracy)} -> "
+            f"{_pct(after.other_classes.accuracy)}"
+        )
+    console.print(f"wrote {result.out} (sha256 {r.output_sha256[:16]})")
+    console.print(f"receipt {result.receipt_path}")
+
+
+def print_methods(console: Any, rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        console.print(f"[bold]{row['name']}[/bold]  {row['summary']}")
+        console.print(f"  needs: {', '.join(row['needs'])}; paper: {row['paper']}")
+        options = ", ".join(f"{o['name']}={o['default']}" for o in row["options"])
+        console.print(f"  options: {options}")

@@ -35,8 +35,12 @@ class CheckpointSummary:
             "spec": self.spec,
             "provenance": self.provenance,
             "ledger": [
-                {"manifest_sha256": e.manifest_sha256, "count": e.count, "method": e.method,
-                 "time": e.time}
+                {
+                    "manifest_sha256": e.manifest_sha256,
+                    "count": e.count,
+                    "method": e.method,
+                    "time": e.time,
+                }
                 for e in self.ledger
             ],
             "deleted_total": sum(e.count for e in self.ledger),

@@ -1,68 +1,164 @@
 """Tokenisation for text inputs, with the HuggingFace ``tokenizers`` library.
 
-For built-in models ``unforget train`` fits a WordPiece tokenizer on the training split and
+For built-in models ``unforget train`` fits a WordPiece tokenizer on the training rows and
 stores its JSON in the checkpoint metadata (``unforget.tokenizer``), so ``apply`` and ``audit``
 need nothing beside the checkpoint. Id 0 is ``[PAD]`` and id 1 ``[UNK]``: the text model masks
 padding, and unseen words map to ``[UNK]`` instead of failing.
+
+A pretrained model directory (see :mod:`unforget.models.hf`) brings its own ``tokenizer.json``;
+:func:`training_encoder` uses that one instead of fitting a new vocabulary, because the
+pretrained embeddings only mean something for the ids they were trained with. It is stored in
+the checkpoint metadata the same way, so later commands read one place whatever its origin.
+
+Batches are padded to the fixed ``max_length`` (the spec's ``data.max_length``) rather than to
+the longest row of each batch: every batch then has the per-sample shape the spec records, and
+for short review snippets the saving of dynamic padding would be small.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from unforget.checkpoint import KEY_TOKENIZER, Checkpoint
-from unforget.errors import CheckpointError
+from unforget.errors import CheckpointError, SpecError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from unforget.data import Split
+    from unforget.spec import ModelSpec
 
 SPECIAL = ("[PAD]", "[UNK]")
+# Pad tokens of common tokenizer families, tried in order when tokenizer.json sets no padding.
+_PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>", "<|pad|>")
+_CHUNK = 2048  # rows per chunk when streaming text into the tokenizer trainer
 
 
 @dataclass(frozen=True)
 class TextEncoder:
-    """Callable: list of strings -> (B, max_length) int64 ids, 0-padded and truncated."""
+    """Callable: list of strings -> ``(B, max_length)`` int64 ids, padded with ``pad_id``.
+
+    ``None`` and empty strings encode to a row of padding (models must cope with it: the built-in
+    one attends to the first position when a row has no tokens). The tokenizer is configured to
+    truncate to ``max_length`` itself, so special tokens added by a pretrained tokenizer's
+    post-processor (``[CLS] ... [SEP]``) survive truncation.
+    """
 
     tokenizer: Tokenizer
     max_length: int
+    pad_id: int = 0
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.max_length), dtype=np.int64)
-        for i, encoding in enumerate(self.tokenizer.encode_batch(texts)):
+    def __call__(self, texts: Sequence[str | None]) -> np.ndarray:
+        out = np.full((len(texts), self.max_length), self.pad_id, dtype=np.int64)
+        if not texts:
+            return out
+        clean = ["" if t is None else str(t) for t in texts]
+        for i, encoding in enumerate(self.tokenizer.encode_batch(clean)):
             ids = encoding.ids[: self.max_length]
             out[i, : len(ids)] = ids
         return out
 
     @property
     def vocab_size(self) -> int:
-        return int(self.tokenizer.get_vocab_size())
+        """Number of ids the tokenizer can emit (added special tokens included)."""
+        return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
 
     def to_json(self) -> str:
+        """The tokenizer as the JSON string stored under ``unforget.tokenizer``."""
         return str(self.tokenizer.to_str())
 
 
-def fit_tokenizer(split: Split, column: str, *, vocab_size: int, max_length: int) -> TextEncoder:
-    """Train a lower-cased WordPiece tokenizer on ``column`` of ``split`` (streamed in chunks)."""
+def make_encoder(tokenizer: Tokenizer, *, max_length: int) -> TextEncoder:
+    """Wrap ``tokenizer``: truncation to ``max_length`` on, its own padding off.
+
+    Padding is done by :class:`TextEncoder` (one array, one pad id), so a pretrained
+    tokenizer.json that pads to a fixed width of its own must not pad as well.
+
+    Raises:
+        SpecError: ``max_length`` below 1.
+    """
+    if max_length < 1:
+        raise SpecError(f"data.max_length must be >= 1 for text inputs (got {max_length})")
+    pad = pad_id(tokenizer)
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    return TextEncoder(tokenizer=tokenizer, max_length=max_length, pad_id=pad)
+
+
+def pad_id(tokenizer: Tokenizer) -> int:
+    """The id a tokenizer pads with: its padding setting, else a known pad token, else 0.
+
+    :mod:`unforget.models.hf` derives its attention mask from the same function, so the
+    padding written by the encoder and the padding masked by the model always agree.
+    """
+    padding = tokenizer.padding
+    if padding and padding.get("pad_id") is not None:
+        return int(padding["pad_id"])
+    for token in _PAD_TOKENS:
+        found = tokenizer.token_to_id(token)
+        if found is not None:
+            return int(found)
+    return 0
+
+
+def fit_tokenizer(split: Split, column: str, *, vocab_size: int, max_length: int,
+                  rows: np.ndarray | None = None) -> TextEncoder:
+    """Train a lower-cased WordPiece tokenizer on ``column`` of ``split`` (streamed in chunks).
+
+    Args:
+        split: the training split.
+        column: its text column.
+        vocab_size: upper bound on the vocabulary (a small corpus may yield fewer pieces).
+        max_length: tokens per sample after truncation.
+        rows: row positions to learn from (default: all). Exact retraining passes the retained
+            rows, so no vocabulary entry exists only because of a forgotten sample.
+
+    Raises:
+        SpecError: ``vocab_size`` too small to hold the special tokens and an alphabet.
+    """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+    if vocab_size < 2 * len(SPECIAL):
+        raise SpecError(f"model.kwargs.vocab_size must be at least {2 * len(SPECIAL)} "
+                        f"(got {vocab_size})")
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL))
-    tokenizer.train_from_iterator(_texts(split, column), trainer=trainer, length=len(split))
-    return TextEncoder(tokenizer=tokenizer, max_length=max_length)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL),
+                                        show_progress=False)
+    count = len(split) if rows is None else len(rows)
+    tokenizer.train_from_iterator(_texts(split, column, rows), trainer=trainer, length=count)
+    return make_encoder(tokenizer, max_length=max_length)
 
 
 def encoder_from_json(text: str, *, max_length: int) -> TextEncoder:
+    """Rebuild an encoder from the JSON of :meth:`TextEncoder.to_json` (or a tokenizer.json)."""
     from tokenizers import Tokenizer
 
-    return TextEncoder(tokenizer=Tokenizer.from_str(text), max_length=max_length)
+    return make_encoder(Tokenizer.from_str(text), max_length=max_length)
+
+
+def encoder_from_file(path: Path, *, max_length: int) -> TextEncoder:
+    """Load a ``tokenizer.json`` (a pretrained model directory's own tokenizer).
+
+    Raises:
+        SpecError: the file is missing or not a tokenizer the ``tokenizers`` library reads.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read tokenizer {path}: {exc}") from exc
+    try:
+        return encoder_from_json(text, max_length=max_length)
+    except SpecError:
+        raise
+    except Exception as exc:  # tokenizers raises its own Exception type
+        raise SpecError(f"{path} is not a readable tokenizer.json ({exc})") from exc
 
 
 def encoder_from_checkpoint(checkpoint: Checkpoint, *, max_length: int) -> TextEncoder:
@@ -77,11 +173,50 @@ def encoder_from_checkpoint(checkpoint: Checkpoint, *, max_length: int) -> TextE
                               "metadata; train it with `unforget train`")
     try:
         return encoder_from_json(raw, max_length=max_length)
+    except SpecError:
+        raise
     except Exception as exc:  # tokenizers raises its own Exception type
         raise CheckpointError(f"{checkpoint.path}: stored tokenizer is unreadable ({exc})") from exc
 
 
-def _texts(split: Split, column: str, chunk: int = 2048) -> Iterator[list[str]]:
+def pretrained_tokenizer(model: ModelSpec) -> Path | None:
+    """The ``tokenizer.json`` of a plugin model built from a local model directory, if any.
+
+    The convention is the one of :func:`unforget.models.hf.sequence_classifier`: the plugin's
+    ``path`` keyword names a directory holding the pretrained model and its tokenizer.
+    """
+    path = model.kwargs.get("path") if model.is_plugin else None
+    if not isinstance(path, str) or not path:
+        return None
+    candidate = Path(path).expanduser() / "tokenizer.json"
+    return candidate if candidate.is_file() else None
+
+
+def training_encoder(model: ModelSpec, split: Split, column: str, *, rows: np.ndarray,
+                     max_length: int) -> TextEncoder:
+    """The tokenizer ``unforget train`` uses: a pretrained model's own, or one fitted on ``rows``.
+
+    For the built-in text model the vocabulary size comes from ``model.kwargs.vocab_size``
+    (default 8000); the caller records the fitted size back into the kwargs, since the
+    embedding table must match it.
+    """
+    pretrained = pretrained_tokenizer(model)
+    if pretrained is not None:
+        return encoder_from_file(pretrained, max_length=max_length)
+    vocab = int(model.kwargs.get("vocab_size", 8000))
+    return fit_tokenizer(split, column, vocab_size=vocab, max_length=max_length, rows=rows)
+
+
+def _texts(split: Split, column: str, rows: np.ndarray | None) -> Iterator[list[str]]:
+    """Chunks of ``column`` as strings (null cells as ""), cut from the Arrow table."""
+    import pyarrow as pa
+
     table = split.dataset.data.table
-    for start in range(0, table.num_rows, chunk):
-        yield [str(t) for t in table.column(column).slice(start, chunk).to_pylist()]
+    total = table.num_rows if rows is None else len(rows)
+    for start in range(0, total, _CHUNK):
+        if rows is None:
+            values: Iterable[object] = table.column(column).slice(start, _CHUNK).to_pylist()
+        else:
+            picked = pa.array(np.asarray(rows[start : start + _CHUNK], dtype=np.int64))
+            values = table.column(column).take(picked).to_pylist()
+        yield ["" if v is None else str(v) for v in values]

@@ -39,8 +39,9 @@ class TrainResult:
 def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum, Nesterov off) with the recipe's lr and weight decay."""
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                               weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(
+            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
     return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
@@ -123,8 +124,9 @@ def train_loop(
                     raise GuardRailError(f"{task}: loss became {last} at step {step}; lower lr")
                 on_progress(Tick(task, step, total, {"loss": last}))
     seconds = time.perf_counter() - start
-    return TrainResult(epochs=recipe.epochs, steps=step, samples=samples, seconds=seconds,
-                       final_loss=last)
+    return TrainResult(
+        epochs=recipe.epochs, steps=step, samples=samples, seconds=seconds, final_loss=last
+    )
 
 
 def fit(
@@ -146,14 +148,28 @@ def fit(
     gives the same weights on CPU every time.
     """
     seed_everything(seed)
-    model = build_model(spec.model, input_shape=info.shape, num_classes=info.num_classes,
-                        allow_plugin=allow_plugin)
+    model = build_model(
+        spec.model, input_shape=info.shape, num_classes=info.num_classes, allow_plugin=allow_plugin
+    )
     model = prepare_model(model, precision)
     src = source(split, rows, spec=spec.data, info=info, encoder=encoder)
-    loader = make_loader(src, batch_size=spec.recipe.batch_size, shuffle=True, seed=seed,
-                         device=precision.device, num_workers=spec.recipe.num_workers)
-    result = train_loop(model, loader, recipe=spec.recipe, precision=precision, seed=seed,
-                        on_progress=on_progress, task=task)
+    loader = make_loader(
+        src,
+        batch_size=spec.recipe.batch_size,
+        shuffle=True,
+        seed=seed,
+        device=precision.device,
+        num_workers=spec.recipe.num_workers,
+    )
+    result = train_loop(
+        model,
+        loader,
+        recipe=spec.recipe,
+        precision=precision,
+        seed=seed,
+        on_progress=on_progress,
+        task=task,
+    )
     return model, result
 
 

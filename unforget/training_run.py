@@ -77,31 +77,56 @@ def train_checkpoint(
         from unforget.text import fit_tokenizer
 
         vocab = int(spec.model.kwargs.get("vocab_size", 8000))
-        encoder = fit_tokenizer(train, spec.data.input_columns[0], vocab_size=vocab,
-                                max_length=info.shape[0])
+        encoder = fit_tokenizer(
+            train, spec.data.input_columns[0], vocab_size=vocab, max_length=info.shape[0]
+        )
         extra_meta[KEY_TOKENIZER] = encoder.to_json()
         if spec.model.name == "text":
             kwargs = {**spec.model.kwargs, "vocab_size": encoder.vocab_size}
             spec = spec.replace(model=dataclasses.replace(spec.model, kwargs=kwargs))
-    spec = spec.replace(num_classes=info.num_classes, input_shape=info.shape,
-                        train_fingerprint=fingerprint(train), class_names=info.class_names)
+    spec = spec.replace(
+        num_classes=info.num_classes,
+        input_shape=info.shape,
+        train_fingerprint=fingerprint(train),
+        class_names=info.class_names,
+    )
     all_rows = np.arange(len(train), dtype=np.int64)
     ledger = []
     if exclude is not None:
         ids = canonical_ids(exclude.ids, integer=train.id_is_int, path=exclude.path)
-        dropped = resolve_rows(ids, train_index=train.index(), heldout_index=heldout.index(),
-                               path=exclude.path)
+        dropped = resolve_rows(
+            ids, train_index=train.index(), heldout_index=heldout.index(), path=exclude.path
+        )
         all_rows = np.setdiff1d(all_rows, dropped)
-        ledger.append(new_entry([train.ids[r] for r in dropped], manifest_sha256=exclude.sha256,
-                                method="retrain", time=utc_now()))
-    model, result = fit(spec, split=train, rows=all_rows, info=info, precision=precision,
-                        seed=spec.recipe.seed, encoder=encoder, allow_plugin=allow_plugin,
-                        on_progress=on_progress)
+        ledger.append(
+            new_entry(
+                [train.ids[r] for r in dropped],
+                manifest_sha256=exclude.sha256,
+                method="retrain",
+                time=utc_now(),
+            )
+        )
+    model, result = fit(
+        spec,
+        split=train,
+        rows=all_rows,
+        info=info,
+        precision=precision,
+        seed=spec.recipe.seed,
+        encoder=encoder,
+        allow_plugin=allow_plugin,
+        on_progress=on_progress,
+    )
     evidence = np.flatnonzero(~reference_mask(heldout.ids, fraction=spec.data.reference_fraction))
     scores = []
     for split, rows in ((train, all_rows), (heldout, evidence)):
-        loader = make_loader(source(split, rows, spec=spec.data, info=info, encoder=encoder),
-                             batch_size=512, shuffle=False, seed=0, device=precision.device)
+        loader = make_loader(
+            source(split, rows, spec=spec.data, info=info, encoder=encoder),
+            batch_size=512,
+            shuffle=False,
+            seed=0,
+            device=precision.device,
+        )
         scores.append(score(predict(model, loader, precision=precision)))
     stored = relativise_data_path(spec, base=out.resolve().parent)
     provenance = {
@@ -119,8 +144,9 @@ def train_checkpoint(
     if ledger:
         meta[KEY_LEDGER] = entries_to_json(ledger)
     sha = save_checkpoint(out, state_dict_cpu(model), metadata=meta, force=force)
-    return TrainReport(out=out, sha256=sha, spec=spec, train=scores[0], heldout=scores[1],
-                       result=result)
+    return TrainReport(
+        out=out, sha256=sha, spec=spec, train=scores[0], heldout=scores[1], result=result
+    )
 
 
 def _torch_version() -> str:

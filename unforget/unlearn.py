@@ -75,8 +75,9 @@ def receipt_path(out: Path) -> Path:
     return out.with_name(out.name + ".receipt.json")
 
 
-def apply(request: ApplyRequest, *, precision: Precision,
-          on_progress: ProgressFn = silent) -> ApplyResult:
+def apply(
+    request: ApplyRequest, *, precision: Precision, on_progress: ProgressFn = silent
+) -> ApplyResult:
     """Run one deletion request end to end (see module docstring)."""
     method = get_method(request.method)
     config = make_config(method, request.options)
@@ -84,16 +85,23 @@ def apply(request: ApplyRequest, *, precision: Precision,
     if out.resolve() == request.ckpt.resolve():
         raise InputError("--out must differ from --ckpt: unforget never overwrites its input")
     manifest = read_manifest(request.manifest)
-    ws = open_workspace(request.ckpt, config=request.config, flags=request.flags,
-                        accept_data_change=request.accept_data_change)
+    ws = open_workspace(
+        request.ckpt,
+        config=request.config,
+        flags=request.flags,
+        accept_data_change=request.accept_data_change,
+    )
     forget = ws.forget_rows(manifest)
     earlier = find_manifest(ws.ledger, manifest.sha256)
     if earlier is None and all(covered(ws.ledger, [ws.train.ids[r] for r in forget])):
         earlier = ws.ledger[-1] if ws.ledger else None
     if earlier is not None and not request.force:
-        return ApplyResult(out=out, receipt_path=receipt_path(out), receipt=None,
-                           already_applied=f"{earlier.count} IDs by {earlier.method} at "
-                                           f"{earlier.time}")
+        return ApplyResult(
+            out=out,
+            receipt_path=receipt_path(out),
+            receipt=None,
+            already_applied=f"{earlier.count} IDs by {earlier.method} at {earlier.time}",
+        )
     refuse_existing(out, force=request.force)
     refuse_existing(receipt_path(out), force=request.force)
     seed_everything(request.seed)
@@ -103,14 +111,34 @@ def apply(request: ApplyRequest, *, precision: Precision,
     outcome: Outcome = method.run(task, config)
     seconds = time.perf_counter() - start
     after = _snapshot(outcome.model, ws, forget, evals, precision)
-    return _write(ws, request, manifest, forget, out, outcome, before, after, seconds,
-                  options=as_plain(config), precision=precision)
+    return _write(
+        ws,
+        request,
+        manifest,
+        forget,
+        out,
+        outcome,
+        before,
+        after,
+        seconds,
+        options=as_plain(config),
+        precision=precision,
+    )
 
 
-def _task(ws: Workspace, forget: np.ndarray, request: ApplyRequest, precision: Precision,
-          on_progress: ProgressFn) -> tuple[UnlearnTask, dict[str, Any]]:
-    model = build_model(ws.spec.model, input_shape=ws.info.shape,
-                        num_classes=ws.info.num_classes, allow_plugin=ws.allow_plugin)
+def _task(
+    ws: Workspace,
+    forget: np.ndarray,
+    request: ApplyRequest,
+    precision: Precision,
+    on_progress: ProgressFn,
+) -> tuple[UnlearnTask, dict[str, Any]]:
+    model = build_model(
+        ws.spec.model,
+        input_shape=ws.info.shape,
+        num_classes=ws.info.num_classes,
+        allow_plugin=ws.allow_plugin,
+    )
     ckpt_io.load_into(model, ws.checkpoint)
     model = prepare_model(model, precision)
     retain = ws.retain_rows(forget)
@@ -120,13 +148,28 @@ def _task(ws: Workspace, forget: np.ndarray, request: ApplyRequest, precision: P
 
     def loader(split: Any, rows: np.ndarray, *, shuffle: bool, size: int = batch) -> Any:
         src = source(split, rows, spec=ws.spec.data, info=ws.info, encoder=ws.encoder)
-        return make_loader(src, batch_size=size, shuffle=shuffle, seed=request.seed,
-                           device=precision.device, num_workers=ws.spec.recipe.num_workers)
+        return make_loader(
+            src,
+            batch_size=size,
+            shuffle=shuffle,
+            seed=request.seed,
+            device=precision.device,
+            num_workers=ws.spec.recipe.num_workers,
+        )
 
     def retrain() -> Any:
-        fresh, _ = fit(ws.spec, split=ws.train, rows=retain, info=ws.info, precision=precision,
-                       seed=request.seed, encoder=ws.encoder, allow_plugin=ws.allow_plugin,
-                       on_progress=on_progress, task="retrain")
+        fresh, _ = fit(
+            ws.spec,
+            split=ws.train,
+            rows=retain,
+            info=ws.info,
+            precision=precision,
+            seed=request.seed,
+            encoder=ws.encoder,
+            allow_plugin=ws.allow_plugin,
+            on_progress=on_progress,
+            task="retrain",
+        )
         return fresh
 
     reference = ws.reference_rows()
@@ -143,6 +186,7 @@ def _task(ws: Workspace, forget: np.ndarray, request: ApplyRequest, precision: P
         n_forget=len(forget),
         n_retain=len(retain),
         guard=request.guard,
+        removed_classes=tuple(removed_classes(ws, forget)),
         retrain=retrain,
         statistics=_statistics_path(ws.checkpoint.path),
         on_progress=on_progress,
@@ -171,22 +215,38 @@ def removed_classes(ws: Workspace, forget: np.ndarray) -> list[int]:
     return out
 
 
-def _snapshot(model: Any, ws: Workspace, forget: np.ndarray, evals: dict[str, Any],
-              precision: Precision) -> Snapshot:
+def _snapshot(
+    model: Any, ws: Workspace, forget: np.ndarray, evals: dict[str, Any], precision: Precision
+) -> Snapshot:
     outputs = {name: predict(model, loader, precision=precision) for name, loader in evals.items()}
     classes = removed_classes(ws, forget)
     removed = other = None
     if classes:
         mask = np.isin(outputs["heldout"].labels, classes)
         removed, other = score(outputs["heldout"], mask), score(outputs["heldout"], ~mask)
-    return Snapshot(forget=score(outputs["forget"]), retain=score(outputs["retain"]),
-                    heldout=score(outputs["heldout"]), removed_classes=removed,
-                    other_classes=other)
+    return Snapshot(
+        forget=score(outputs["forget"]),
+        retain=score(outputs["retain"]),
+        heldout=score(outputs["heldout"]),
+        removed_classes=removed,
+        other_classes=other,
+    )
 
 
-def _write(ws: Workspace, request: ApplyRequest, manifest: Manifest, forget: np.ndarray,
-           out: Path, outcome: Outcome, before: Snapshot, after: Snapshot, seconds: float, *,
-           options: dict[str, Any], precision: Precision) -> ApplyResult:
+def _write(
+    ws: Workspace,
+    request: ApplyRequest,
+    manifest: Manifest,
+    forget: np.ndarray,
+    out: Path,
+    outcome: Outcome,
+    before: Snapshot,
+    after: Snapshot,
+    seconds: float,
+    *,
+    options: dict[str, Any],
+    precision: Precision,
+) -> ApplyResult:
     import torch
 
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -194,32 +254,58 @@ def _write(ws: Workspace, request: ApplyRequest, manifest: Manifest, forget: np.
     uses_reference = "reference" in get_method(request.method).info.needs
     reference_ids = reference_ids if uses_reference else ()
     provenance = Provenance(
-        tool=f"unforget {__version__}", command="apply", method=request.method, options=options,
-        seed=request.seed, torch=str(torch.__version__), device=str(precision.device), time=now,
-        input_sha256=ws.checkpoint.sha256, manifest_sha256=manifest.sha256,
-        manifest_count=len(forget), data_fingerprint=ws.spec.train_fingerprint or "",
-        data_changed=ws.data_changed, reference_rows=len(reference_ids),
+        tool=f"unforget {__version__}",
+        command="apply",
+        method=request.method,
+        options=options,
+        seed=request.seed,
+        torch=str(torch.__version__),
+        device=str(precision.device),
+        time=now,
+        input_sha256=ws.checkpoint.sha256,
+        manifest_sha256=manifest.sha256,
+        manifest_count=len(forget),
+        data_fingerprint=ws.spec.train_fingerprint or "",
+        data_changed=ws.data_changed,
+        reference_rows=len(reference_ids),
         reference_ids_sha256=hashlib.sha256("\n".join(reference_ids).encode()).hexdigest(),
     )
-    entry = new_entry([ws.train.ids[r] for r in forget], manifest_sha256=manifest.sha256,
-                      method=request.method, time=now)
+    entry = new_entry(
+        [ws.train.ids[r] for r in forget],
+        manifest_sha256=manifest.sha256,
+        method=request.method,
+        time=now,
+    )
     spec = relativise_data_path(ws.spec, base=out.resolve().parent)
-    metadata = {k: v for k, v in ws.checkpoint.metadata.items()
-                if k.startswith("unforget.") and k not in {ckpt_io.KEY_ALIASES, "unforget.format"}}
-    metadata.update({
-        ckpt_io.KEY_SPEC: spec.to_json(),
-        ckpt_io.KEY_PROVENANCE: provenance.as_dict(),
-        ckpt_io.KEY_LEDGER: entries_to_json([*ws.ledger, entry]),
-    })
-    sha = ckpt_io.save_checkpoint(out, ckpt_io.state_dict_cpu(outcome.model), metadata=metadata,
-                                  force=request.force)
+    metadata = {
+        k: v
+        for k, v in ws.checkpoint.metadata.items()
+        if k.startswith("unforget.") and k not in {ckpt_io.KEY_ALIASES, "unforget.format"}
+    }
+    metadata.update(
+        {
+            ckpt_io.KEY_SPEC: spec.to_json(),
+            ckpt_io.KEY_PROVENANCE: provenance.as_dict(),
+            ckpt_io.KEY_LEDGER: entries_to_json([*ws.ledger, entry]),
+        }
+    )
+    sha = ckpt_io.save_checkpoint(
+        out, ckpt_io.state_dict_cpu(outcome.model), metadata=metadata, force=request.force
+    )
     names = ws.spec.class_names or ws.info.class_names
     receipt = Receipt(
-        provenance=provenance, output_path=str(out), output_sha256=sha,
-        input_path=str(request.ckpt), before=before, after=after, steps=outcome.steps,
-        stop_reason=outcome.stop_reason, seconds=seconds,
+        provenance=provenance,
+        output_path=str(out),
+        output_sha256=sha,
+        input_path=str(request.ckpt),
+        before=before,
+        after=after,
+        steps=outcome.steps,
+        stop_reason=outcome.stop_reason,
+        seconds=seconds,
         removed_classes=tuple(names[c] for c in removed_classes(ws, forget)),
-        method_details=outcome.details, reference_ids=reference_ids,
+        method_details=outcome.details,
+        reference_ids=reference_ids,
     )
     try:
         atomic_write_json(receipt_path(out), receipt.as_dict())

@@ -5,8 +5,11 @@ for both F and H (retrained without F): RMIA below 16 references, LiRA from 16, 
 loss attack without references (:func:`primary_attack_name`). The audit never reports the better
 of several attacks, which would inflate its false-positive rate.
 
-The population attacks and the logistic-regression "MIA accuracy" are kept only so numbers can be
-compared with the unlearning papers (SCRUB, SalUn, ∇τ); the verdict never rests on them.
+Population attacks (score = −loss or confidence) need no references but have little power at low
+FPR, and ∇τ matches mean forget and held-out losses by construction. Without references the loss
+attack is all there is: it can still show a leak, but the verdict cannot PASS on it. The
+logistic-regression "MIA accuracy" is reported only for comparison with the unlearning papers
+(SCRUB, SalUn, ∇τ); the verdict never reads it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ AttackName = Literal["rmia", "lira", "population-loss"]
 
 LIRA_FROM_K = 16  # references from which LiRA replaces RMIA as the primary attack
 PER_EXAMPLE_SIGMA_FROM_K = 64  # references from which LiRA estimates σ per example
-RMIA_DEFAULT_A = 0.3  # offline RMIA's a without a positive control (Zarifzadeh et al. 2024)
-RMIA_A_GRID = tuple(float(a) for a in np.linspace(0.0, 1.0, 11))
+RMIA_DEFAULT_A = 0.3  # offline a without a positive control (ML Privacy Meter's default)
+RMIA_A_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0, 0.1, ..., 1.0
 _TINY = 1e-300
 
 
@@ -86,7 +89,7 @@ def tune_rmia_a(
 
     The original model trained on F, so this AUC measures how well each a detects true members;
     a is fixed before the audited model is scored, so the target's result is not tuned on itself.
-    Ties go to the smallest a. Without an original model, a = 0.3 (the paper's offline default).
+    Ties go to the smallest a. Without an original model, a = 0.3 (audit.md's fixed default).
 
     Args:
         p_original: true-class probabilities under the original model, shape ``(N,)``, or None.
@@ -113,7 +116,7 @@ def tune_rmia_a(
 
 def lira_offline(phi_target: npt.ArrayLike, phi_refs_out: npt.ArrayLike) -> FloatArray:
     """Offline LiRA score z(x) = (φ_θ(x) − μ_out(x)) / σ (Carlini et al., S&P 2022, "Membership
-    Inference Attacks From First Principles", offline variant of Sec. IV).
+    Inference Attacks From First Principles", the offline one-sided variant of LiRA).
 
     φ is the logit-scaled confidence log(p/(1−p)), which the paper shows is close to Gaussian
     over training runs. Offline LiRA fits N(μ_out(x), σ²) to the OUT references and reports the

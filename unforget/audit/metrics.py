@@ -55,7 +55,7 @@ def auc(member_scores: npt.ArrayLike, nonmember_scores: npt.ArrayLike) -> float:
     """Area under the ROC curve, P(member > non-member) + ½ P(tie), in O(n log n).
 
     Computed as U / (n1·n2) with U the Mann-Whitney statistic from midranks (Mann & Whitney,
-    1947; Hanley & McNeil, Radiology 1982, Eq. 1 identifies the AUC with U / (n1·n2)).
+    Ann. Math. Stat. 1947); Hanley & McNeil (Radiology 1982) show this equals the ROC area.
 
     Args:
         member_scores: scores of the positives (forget set), shape ``(n1,)``.
@@ -159,8 +159,9 @@ def auc_test(pos: npt.ArrayLike, neg: npt.ArrayLike) -> tuple[float, float]:
     """One-sided p-values of AUC > 0.5 and AUC < 0.5 (Mann-Whitney, normal approximation).
 
     H0: F and H scores are exchangeable. Under H0, U has mean n1·n2/2 and, with tie runs of size
-    t, variance n1·n2/12 · [(N+1) − Σ(t³−t)/(N(N−1))] (Lehmann, Nonparametrics, 1975, Eq. 1.56);
-    a continuity correction of ½ is applied to each side. Both p-values equal 1 when all scores tie.
+    t, variance n1·n2/12 · [(N+1) − Σ(t³−t)/(N(N−1))] (the tie-corrected variance, Lehmann,
+    "Nonparametrics", 1975, ch. 1); a continuity correction of ½ is applied to each side, as in
+    scipy's asymptotic ``mannwhitneyu``. Both p-values equal 1 when all scores tie.
 
     Returns:
         ``(p_upper, p_lower)``: evidence that F is more / less member-like than H.
@@ -207,7 +208,7 @@ def auc_difference_interval(
         Estimate of AUC_U − mean(reference_aucs) with its interval.
     """
     refs = np.asarray(reference_aucs, dtype=np.float64)
-    if refs.ndim != 1 or refs.size == 0 or np.any((refs < 0.0) | (refs > 1.0)):
+    if refs.ndim != 1 or refs.size == 0 or not np.all((refs >= 0.0) & (refs <= 1.0)):
         raise ValueError(f"reference_aucs must be a non-empty list of AUCs in [0, 1], got {refs}")
     pos = as_score_array(pos, name="forget scores")
     neg = as_score_array(neg, name="held-out scores")
@@ -228,6 +229,8 @@ def _tail_threshold(neg: FloatArray, *, fpr: float, side: Side) -> tuple[float, 
     """
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"fpr must lie in (0, 1), got {fpr}")
+    if side not in ("upper", "lower"):
+        raise ValueError(f"side must be 'upper' or 'lower', got {side!r}")
     allowed = min(math.floor(fpr * len(neg) + 1e-9), len(neg) - 1)
     ordered = np.sort(neg)
     return float(ordered[-1 - allowed] if side == "upper" else ordered[allowed]), allowed
@@ -236,8 +239,10 @@ def _tail_threshold(neg: FloatArray, *, fpr: float, side: Side) -> tuple[float, 
 def tpr_at_fpr(
     pos: npt.ArrayLike, neg: npt.ArrayLike, *, fpr: float, level: float = 0.95
 ) -> TprAtFpr:
-    """TPR at a held-out-calibrated FPR with a Clopper-Pearson interval (Carlini et al., S&P 2022,
-    Sec. III-B argue for TPR at low FPR over AUC; Clopper & Pearson, Biometrika 1934).
+    """TPR at a held-out-calibrated FPR, with a Clopper-Pearson interval.
+
+    Carlini et al. (S&P 2022) argue that an attack's risk is its TPR at low FPR, not its AUC;
+    the interval is exact (Clopper & Pearson, Biometrika 1934).
 
     The threshold is the (k+1)-th largest held-out score, k = ⌊fpr·n_H⌋, so at most ``fpr`` of H
     score strictly above it; TPR is the share of F strictly above it. Ties therefore never inflate
@@ -299,9 +304,9 @@ def tail_test(pos: npt.ArrayLike, neg: npt.ArrayLike, *, fpr: float, side: Side)
 def conformal_pvalues(pos: npt.ArrayLike, neg: npt.ArrayLike) -> FloatArray:
     """Per-forget-sample conformal p-values p_f = (1 + #{h: s_h ≥ s_f}) / (1 + n_H).
 
-    Valid under exchangeability, P(p_f ≤ u) ≤ u (Vovk et al., Algorithmic Learning in a Random
-    World, 2005; Bates et al., "Testing for outliers with conformal p-values", Ann. Stat. 2023,
-    Eq. 2). Small p = the sample scores above nearly all held-out samples (looks like a member).
+    Valid under exchangeability, P(p_f ≤ u) ≤ u (Vovk et al., "Algorithmic Learning in a Random
+    World", 2005; Bates et al., "Testing for outliers with conformal p-values", Ann. Stat. 2023).
+    Small p = the sample scores above nearly all held-out samples (it looks like a member).
 
     Returns:
         Array of shape ``(n_F,)`` with values in (0, 1].
@@ -313,10 +318,11 @@ def conformal_pvalues(pos: npt.ArrayLike, neg: npt.ArrayLike) -> FloatArray:
 
 
 def benjamini_hochberg(pvalues: npt.ArrayLike, *, q: float = 0.05) -> npt.NDArray[np.bool_]:
-    """Benjamini-Hochberg step-up rejections at false discovery rate ``q`` (JRSS-B 1995, Eq. 1).
+    """Benjamini-Hochberg step-up rejections at false discovery rate ``q`` (JRSS-B 1995).
 
-    Conformal p-values sharing one calibration set are PRDS, so BH controls the FDR on them
-    (Bates et al., Ann. Stat. 2023, Theorem 3).
+    Reject the k* smallest p-values, k* = max{k : p_(k) ≤ k·q/m}. Conformal p-values sharing one
+    calibration set are positively dependent (PRDS), so BH still controls the FDR on them
+    (Bates et al., Ann. Stat. 2023).
 
     Returns:
         Boolean mask, True where the hypothesis is rejected (the sample is flagged as leaking).

@@ -35,6 +35,13 @@ from unforget.audit.results import (
 )
 
 REASON_TEXT: dict[str, str] = {
+    "auc_test_upper": "the AUC test finds F more member-like than H",
+    "tail_test_upper": "more forget samples than expected lie in H's upper FPR tail",
+    "auc_test_lower": "the AUC test finds F less member-like than H",
+    "tail_test_lower": "more forget samples than expected lie in H's lower FPR tail",
+    "auc_above_reference": "AUC_U exceeds the baseline by at least δ",
+    "tpr_above_margin": "the TPR at the operating FPR reaches the margin",
+    "auc_below_reference": "AUC_U falls below the baseline by at least δ",
     "leak_below_margin": "F is detectably more member-like than H, but by less than the margins",
     "over_below_margin": "F is detectably less member-like than H, but by less than the margin",
     "no_references": "no reference models were used, so there is no retrain baseline",
@@ -74,7 +81,11 @@ def sample_size_check(n_forget: int, n_heldout: int, rule: VerdictRule) -> Sampl
     )
     if half_width >= rule.delta_auc and not (forget_short or heldout_short):
         forget_short, heldout_short = n_forget <= n_heldout, n_forget > n_heldout
-    reasons = ("forget_set_too_small",) * forget_short + ("heldout_too_small",) * heldout_short
+    reasons = []
+    if forget_short:
+        reasons.append("forget_set_too_small")
+    if heldout_short:
+        reasons.append("heldout_too_small")
     return SampleSizeCheck(
         n_forget=n_forget,
         n_heldout=n_heldout,
@@ -82,7 +93,7 @@ def sample_size_check(n_forget: int, n_heldout: int, rule: VerdictRule) -> Sampl
         auc_half_width=half_width,
         tpr_upper_bound=tpr_upper,
         pass_reachable=not reasons,
-        reasons=reasons,
+        reasons=tuple(reasons),
     )
 
 
@@ -109,6 +120,14 @@ def _check_inputs(target: AttackMetrics, rule: VerdictRule, sample: SampleSizeCh
         raise ValueError("inconsistent audit inputs: " + "; ".join(problems))
 
 
+def _interval_blockers(auc_diff: Estimate | None, rule: VerdictRule) -> tuple[str, ...]:
+    """A PASS needs the whole interval of AUC_U − AUC_ref strictly inside (−δ, δ)."""
+    if auc_diff is None:
+        return ("no_auc_interval",)
+    inside = -rule.delta_auc < auc_diff.low <= auc_diff.high < rule.delta_auc
+    return () if inside else ("auc_interval_too_wide",)
+
+
 def _pass_blockers(
     *,
     target: AttackMetrics,
@@ -120,17 +139,20 @@ def _pass_blockers(
 ) -> tuple[str, ...]:
     """Reason codes that keep a non-FAIL result from being a PASS, in a fixed order."""
     level = rule.alpha / 2.0
-    reasons = ["leak_below_margin"] * bool(_rejections(target, "upper", level=level))
-    reasons += ["over_below_margin"] * bool(_rejections(target, "lower", level=level))
-    reasons += ["no_references"] * (not references)
-    reasons += list(sample.reasons)
-    if references and auc_diff is None:
-        reasons.append("no_auc_interval")
-    elif references and auc_diff is not None:
-        inside = -rule.delta_auc < auc_diff.low and auc_diff.high < rule.delta_auc
-        reasons += ["auc_interval_too_wide"] * (not inside)
-    reasons += ["tpr_bound_above_margin"] * (target.tpr_at(rule.fpr).high >= rule.tpr_margin)
-    reasons += ["diagnostics"] * bool(diagnostics)
+    reasons = []
+    if _rejections(target, "upper", level=level):
+        reasons.append("leak_below_margin")
+    if _rejections(target, "lower", level=level):
+        reasons.append("over_below_margin")
+    if not references:
+        reasons.append("no_references")
+    reasons.extend(sample.reasons)
+    if references:
+        reasons.extend(_interval_blockers(auc_diff, rule))
+    if target.tpr_at(rule.fpr).high >= rule.tpr_margin:
+        reasons.append("tpr_bound_above_margin")
+    if diagnostics:
+        reasons.append("diagnostics")
     return tuple(reasons)
 
 
@@ -143,11 +165,13 @@ def _status(
         _rejections(target, "upper", level=level),
         _rejections(target, "lower", level=level),
     )
-    leak_margins = ("auc_above_reference",) * (gap >= rule.delta_auc) + ("tpr_above_margin",) * (
-        target.tpr_at(rule.fpr).tpr >= rule.tpr_margin
-    )
+    leak_margins = []
+    if gap >= rule.delta_auc:
+        leak_margins.append("auc_above_reference")
+    if target.tpr_at(rule.fpr).tpr >= rule.tpr_margin:
+        leak_margins.append("tpr_above_margin")
     if upper and leak_margins:
-        return "FAIL-LEAK", upper + leak_margins
+        return "FAIL-LEAK", (*upper, *leak_margins)
     if lower and -gap >= rule.delta_auc:
         return "FAIL-OVER", (*lower, "auc_below_reference")
     return ("INCONCLUSIVE", blockers) if blockers else ("PASS", ())
@@ -173,14 +197,15 @@ def _explain(
 ) -> str:
     """Plain-language account of the verdict, ending with what a PASS does and does not mean."""
     tpr = target.tpr_at(rule.fpr)
-    baseline = f"{auc_ref:.3f} (retrain references)" if auc_ref is not None else "0.5 (no refs)"
+    baseline = "0.5 (no references)" if auc_ref is None else f"{auc_ref:.3f} (retrain references)"
     lines = [
         f"{status} under the {target.attack} attack: AUC {target.auc.value:.3f} "
         f"[{target.auc.low:.3f}, {target.auc.high:.3f}] against a baseline of {baseline}; "
         f"TPR {tpr.tpr:.2%} (95% upper bound {tpr.high:.2%}) at {rule.fpr:.2%} FPR."
     ]
-    if status == "INCONCLUSIVE":
-        lines.append("Not a PASS because " + "; ".join(REASON_TEXT[r] for r in reasons) + ".")
+    if reasons:
+        prefix = "Not a PASS because " if status == "INCONCLUSIVE" else "Because "
+        lines.append(prefix + "; ".join(REASON_TEXT[r] for r in reasons) + ".")
     if diagnostics:
         lines.append("Diagnostics: " + "; ".join(diagnostics) + ".")
     lines.append(

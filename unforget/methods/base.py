@@ -56,6 +56,8 @@ class UnlearnTask:
     read, recorded in the receipt) and ``retain_eval`` (a fixed retain sample) do not shuffle.
     ``retrain`` trains a fresh model from the checkpoint's recipe on the retain set (the exact
     baseline). ``statistics`` is the PGU sidecar path, when the checkpoint has one.
+    ``removed_classes`` lists classes removed whole (a model retrained without them never
+    predicts them), which methods may use as a stronger target than held-out behaviour.
     """
 
     model: nn.Module
@@ -70,6 +72,7 @@ class UnlearnTask:
     n_forget: int
     n_retain: int
     guard: GuardConfig = field(default_factory=GuardConfig)
+    removed_classes: tuple[int, ...] = ()  # classes whose every remaining train row is forgotten
     retrain: Callable[[], nn.Module] | None = None
     statistics: Path | None = None
     on_progress: ProgressFn = silent

@@ -90,8 +90,10 @@ class Guard:
         """Non-finite loss: restore the last good weights and stop the run."""
         if not math.isfinite(value):
             self.restore()
-            raise GuardRailError(f"{method}: loss became {value} at step {step}; the run was "
-                                 "stopped and nothing was written (try a lower lr)")
+            raise GuardRailError(
+                f"{method}: loss became {value} at step {step}; the run was "
+                "stopped and nothing was written (try a lower lr)"
+            )
 
     def check(self, *, step: int, method: str) -> float:
         """Every ``check_every`` steps: accuracy floor, then take a new snapshot."""

@@ -35,5 +35,9 @@ def build(*, input_shape: tuple[int, ...], num_classes: int, width: int = 32) ->
     """Small CNN; ``input_shape`` is (C, H, W)."""
     if len(input_shape) != 3:
         raise TypeError(f"cnn needs image inputs (C, H, W), got shape {input_shape}")
-    return SmallCNN(channels=input_shape[0], num_classes=num_classes, width=int(width),
-                    size=min(input_shape[1:]))
+    return SmallCNN(
+        channels=input_shape[0],
+        num_classes=num_classes,
+        width=int(width),
+        size=min(input_shape[1:]),
+    )

@@ -1,0 +1,160 @@
+"""salun: random-label unlearning restricted to the weights most salient for the forget set.
+
+Fan, Liu, Zhang, Wei, Wong, Liu, "SalUn: Empowering Machine Unlearning via Gradient-based Weight
+Saliency in Both Image Classification and Generation", ICLR 2024 (arXiv 2310.12508).
+
+Weight saliency from the forget loss at the original weights θ_o,
+
+    m_S = 1( |∇_θ L_F(θ)|_{θ=θ_o}| ≥ γ ),   L_F = mean_{(x,y)∈F} ℓ(x, y; θ)
+
+with γ the median of all saliency values (the paper's default: half the weights are salient),
+then the random-label objective of ``random-label`` optimised over the salient weights only:
+
+    θ_u = m_S ⊙ (θ_o + Δθ) + (1 − m_S) ⊙ θ_o.
+
+Choices where the paper leaves room (recorded in the receipt):
+
+* The threshold is global, over all trainable parameters together (the paper sorts the
+  concatenated saliency of the whole network); ``fraction`` is met exactly by a top-k selection,
+  so ties at γ (e.g. many zero gradients from dead units) cannot inflate the mask.
+* θ_u is enforced literally: after every optimiser step the non-salient weights are copied back
+  from θ_o. That keeps them bit-identical whatever the optimiser does (AdamW's decoupled weight
+  decay and SGD momentum would otherwise move them even with their gradients zeroed).
+* Everything else (length, learning rate, retain weight, wrong-label draws) is ``random-label``'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from unforget.device import Precision
+from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
+from unforget.methods.finetune import (
+    EPOCHS_HELP,
+    budget_problems,
+    descend,
+    recipe_optimizer,
+    retain_epochs,
+    steps_for,
+)
+from unforget.methods.loop import freeze_batchnorm
+from unforget.methods.random_label import relabel_objective
+from unforget.methods.ssd import batch_gradients
+
+Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor of the parameter's shape
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Options of ``salun``."""
+
+    fraction: float = field(default=0.5, metadata={"help": "share of weights that are salient"})
+    retain_weight: float = field(default=1.0, metadata={"help": "ρ, weight of the retain loss"})
+    epochs: float | None = field(default=None, metadata={"help": EPOCHS_HELP})
+    lr_scale: float = field(
+        default=0.5, metadata={"help": "learning rate as a multiple of the recipe's peak lr"}
+    )
+
+    def __post_init__(self) -> None:
+        problems = budget_problems(epochs=self.epochs, lr_scale=self.lr_scale)
+        if not 0 < self.fraction <= 1:
+            problems.append("fraction must be in (0, 1]")
+        if not 0 <= self.retain_weight <= 100:
+            problems.append("retain_weight must be in [0, 100]")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def forget_saliency(model: nn.Module, loader: Loader,
+                    precision: Precision) -> dict[str, torch.Tensor]:
+    """|∇_θ L_F| at the current weights, L_F the mean loss over every row of ``loader``."""
+    total: dict[str, torch.Tensor] = {}
+    rows = 0
+    for grads, size in batch_gradients(model, loader, precision):
+        for name, grad in grads.items():
+            total[name] = total[name].add_(grad, alpha=size) if name in total else grad * size
+        rows += size
+    return {name: (grad / max(rows, 1)).abs() for name, grad in total.items()}
+
+
+def saliency_mask(model: nn.Module, loader: Loader, precision: Precision, *,
+                  fraction: float) -> Mask:
+    """m_S: True for the ``fraction`` of weights with the largest |∇_θ L_F| (global top-k)."""
+    saliency = forget_saliency(model, loader, precision)
+    flat = torch.cat([s.flatten() for s in saliency.values()])
+    k = max(1, round(fraction * flat.numel()))
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    chosen[torch.topk(flat, k, sorted=False).indices] = True
+    masks, offset = {}, 0
+    for name, s in saliency.items():
+        masks[name] = chosen[offset:offset + s.numel()].view_as(s)
+        offset += s.numel()
+    return masks
+
+
+def mask_digest(mask: Mask) -> str:
+    """SHA-256 of the mask's bits in parameter order (lets a receipt be checked against it)."""
+    digest = hashlib.sha256()
+    for name in sorted(mask):
+        digest.update(name.encode())
+        digest.update(np.packbits(mask[name].flatten().cpu().numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def keep_outside(model: nn.Module, mask: Mask) -> Callable[[], None]:
+    """A callback that copies θ_o back wherever the mask is False (θ_u of the paper)."""
+    params = dict(model.named_parameters())
+    original = {name: params[name].detach().clone() for name in mask}
+
+    @torch.no_grad()
+    def restore() -> None:
+        for name, keep in mask.items():
+            params[name].copy_(torch.where(keep, params[name], original[name]))
+
+    return restore
+
+
+class SalUn:
+    """Saliency mask from ∇L_F, then random-label unlearning of the salient weights only."""
+
+    info: ClassVar[MethodInfo] = MethodInfo(
+        name="salun",
+        summary="Random-label unlearning of the weights most salient to the forget loss.",
+        needs=("forget", "retain"),
+        paper="Fan, Liu, Zhang, Wei, Wong, Liu, SalUn: Empowering Machine Unlearning via "
+        "Gradient-based Weight Saliency, ICLR 2024, arXiv 2310.12508",
+    )
+    Config: ClassVar[type] = Config
+
+    def run(self, task: UnlearnTask, config: Config) -> Outcome:
+        freeze_batchnorm(task.model)
+        mask = saliency_mask(task.model, task.forget_eval, task.precision,
+                             fraction=config.fraction)
+        epochs = retain_epochs(task, config.epochs)
+        steps = steps_for(task.retain, epochs)
+        loss = relabel_objective(task, retain_weight=config.retain_weight, steps=steps)
+        trace = descend(task, name=self.info.name, steps=steps, loss_fn=loss,
+                        optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+                        after_step=keep_outside(task.model, mask))
+        salient = sum(int(m.sum()) for m in mask.values())
+        total = sum(m.numel() for m in mask.values())
+        details = {
+            "retain_epochs": round(epochs, 4),
+            "lr": task.spec.recipe.lr * config.lr_scale,
+            "salient_parameters": salient,
+            "total_parameters": total,
+            "mask_sha256": mask_digest(mask),
+            **trace.details(),
+        }
+        return Outcome(model=task.model, steps=trace.steps, stop_reason=trace.stop_reason,
+                       details=details)
+
+
+METHOD = SalUn()
