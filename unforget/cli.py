@@ -292,6 +292,97 @@ def apply(
     return 0
 
 
+@app.command(
+    epilog="Exit codes: 0 PASS, 3 FAIL-LEAK, 4 FAIL-OVER, 5 INCONCLUSIVE (1 error, 2 bad input)."
+    "\n\nExamples:\n\n  unforget audit --ckpt model.unlearned.safetensors --forget ids.txt"
+    "\n\n  unforget audit --ckpt m.unlearned.safetensors --forget ids.txt --original "
+    "m.safetensors --refs 4 --json --csv scores.csv --plot roc.png",
+)
+def audit(
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint to audit.")],
+    forget: Annotated[Path, typer.Option("--forget", help="Manifest of the forgotten IDs.")],
+    original: Annotated[
+        Path | None,
+        typer.Option(
+            "--original",
+            help="The model before unlearning (positive control; default: the "
+            "input named in the receipt beside --ckpt).",
+        ),
+    ] = None,
+    retrained: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--retrained",
+            help="A model retrained without the forget set (counts as a reference; repeatable).",
+        ),
+    ] = None,
+    refs: Annotated[str, typer.Option("--refs", help="Reference models: auto, 0, or K.")] = "auto",
+    budget: Annotated[
+        float, typer.Option("--budget", help="Minutes for training references (with --refs auto).")
+    ] = 10.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    delta_auc: Annotated[float, typer.Option("--delta-auc", help="AUC margin δ.")] = 0.03,
+    tpr_margin: Annotated[float, typer.Option("--tpr-margin", help="TPR@1%FPR margin.")] = 0.03,
+    alpha: Annotated[
+        float, typer.Option("--alpha", help="Test level (split over the AUC and tail tests).")
+    ] = 0.01,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Per-sample scores CSV.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Log-log ROC plot (PNG).")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Reference model cache (default ~/.cache/unforget)."),
+    ] = None,
+    config: Config = None,
+    data: Annotated[str | None, typer.Option("--data", help="Data folder override.")] = None,
+    accept_data_change: Annotated[bool, typer.Option("--accept-data-change")] = False,
+    device: Device = "auto",
+    as_json: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> int:
+    """Membership-inference audit of the forget set against held-out data, with controls."""
+    from unforget.audit.pipeline import AuditRequest, run_audit
+    from unforget.audit.report import print_audit, to_json, write_csv, write_plot
+    from unforget.audit.results import VerdictRule
+    from unforget.errors import InputError
+
+    if refs != "auto" and not refs.isdigit():
+        raise InputError(f"--refs must be auto, 0 or a positive integer, not {refs!r}")
+    try:
+        rule = VerdictRule(alpha=alpha, delta_auc=delta_auc, tpr_margin=tpr_margin)
+    except ValueError as exc:
+        raise InputError(f"verdict settings: {exc}") from exc
+    request = AuditRequest(
+        ckpt=ckpt,
+        manifest=forget,
+        original=original,
+        retrained=tuple(retrained or ()),
+        refs=None if refs == "auto" else int(refs),
+        budget_minutes=budget,
+        seed=seed,
+        rule=rule,
+        config=config,
+        flags=_flags(None, **{"data.path": data}),
+        cache_dir=cache_dir,
+        accept_data_change=accept_data_change,
+    )
+    console = _console()
+    notice = (lambda text: None) if quiet or as_json else (lambda text: console.print(text))
+    with _progress(not quiet and not as_json) as tick:
+        report = run_audit(
+            request, precision=_precision(device), on_progress=tick, on_notice=notice
+        )
+    if csv_path:
+        write_csv(report, csv_path)
+    if plot:
+        write_plot(report, plot)
+    if as_json:
+        _emit_json(to_json(report))
+    elif not quiet:
+        print_audit(console, report)
+    return report.verdict.exit_code
+
+
 @app.command(epilog="Example:\n\n  unforget methods --json")
 def methods(
     as_json: Json = False,

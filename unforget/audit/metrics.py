@@ -394,3 +394,15 @@ def attack_metrics(
         leaking=tuple(int(i) for i in leaking),
         conformal_p=tuple(float(p) for p in pvalues),
     )
+
+
+def roc_curve(pos: npt.ArrayLike, neg: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """ROC of F (positives) vs H (negatives): (FPR, TPR) at every distinct threshold, from (0, 0)
+    to (1, 1). Used for the log-log ROC plot (Carlini et al. 2022 argue for log scales)."""
+    pos_a = np.asarray(pos, dtype=np.float64)
+    neg_a = np.asarray(neg, dtype=np.float64)
+    thresholds = np.unique(np.concatenate([pos_a, neg_a]))[::-1]
+    pos_sorted, neg_sorted = np.sort(pos_a), np.sort(neg_a)
+    tpr = (len(pos_a) - np.searchsorted(pos_sorted, thresholds, side="left")) / len(pos_a)
+    fpr = (len(neg_a) - np.searchsorted(neg_sorted, thresholds, side="left")) / len(neg_a)
+    return np.r_[0.0, fpr], np.r_[0.0, tpr]

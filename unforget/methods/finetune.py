@@ -196,8 +196,14 @@ class FineTune:
         epochs = retain_epochs(task, config.epochs)
         steps = steps_for(task.retain, epochs)
         optimizer = recipe_optimizer(task, lr_scale=config.lr_scale)
-        trace = descend(task, name=self.info.name, optimizer=optimizer, steps=steps,
-                        loss_fn=retain_objective(task), schedule=task.spec.recipe.schedule)
+        trace = descend(
+            task,
+            name=self.info.name,
+            optimizer=optimizer,
+            steps=steps,
+            loss_fn=retain_objective(task),
+            schedule=task.spec.recipe.schedule,
+        )
         details = {
             "retain_epochs": round(epochs, 4),
             "lr": task.spec.recipe.lr * config.lr_scale,
@@ -205,8 +211,9 @@ class FineTune:
             "schedule": task.spec.recipe.schedule,
             **trace.details(),
         }
-        return Outcome(model=task.model, steps=trace.steps, stop_reason=trace.stop_reason,
-                       details=details)
+        return Outcome(
+            model=task.model, steps=trace.steps, stop_reason=trace.stop_reason, details=details
+        )
 
 
 METHOD = FineTune()

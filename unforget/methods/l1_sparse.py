@@ -88,9 +88,14 @@ class L1Sparse:
             step += 1
             return retain_loss() + gamma * l1_norm(params)
 
-        trace = descend(task, name=self.info.name, steps=steps, loss_fn=loss,
-                        optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
-                        schedule=task.spec.recipe.schedule)
+        trace = descend(
+            task,
+            name=self.info.name,
+            steps=steps,
+            loss_fn=loss,
+            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+            schedule=task.spec.recipe.schedule,
+        )
         details = {
             "retain_epochs": round(epochs, 4),
             "lr": task.spec.recipe.lr * config.lr_scale,
@@ -99,8 +104,9 @@ class L1Sparse:
             "l1_norm_end": round(float(l1_norm(params).detach()), 4),
             **trace.details(),
         }
-        return Outcome(model=task.model, steps=trace.steps, stop_reason=trace.stop_reason,
-                       details=details)
+        return Outcome(
+            model=task.model, steps=trace.steps, stop_reason=trace.stop_reason, details=details
+        )
 
 
 METHOD = L1Sparse()

@@ -45,7 +45,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -63,8 +63,12 @@ from unforget.progress import Tick
 class LtuConfig:
     """Options of ``ltu`` (``--set key=value``)."""
 
-    lr: float = 0.05  # SGD learning rate of the meta-update
-    inner_lr: float = 0.1  # α: SGD step size of the virtual (meta-tune) update
+    lr: float | None = None  # SGD lr of the meta-update; None: lr_scale / λ_max
+    lr_scale: float = 1.0  # calibrated lr as a share of 1/λ_max (plain GD is stable below 2)
+    inner_lr: float | None = None  # α of the virtual step; None: inner_scale / λ_max
+    inner_scale: float = 0.1  # calibrated α as a share of the inner problem's 1/λ_max
+    power_iterations: int = 10  # Hessian-vector products to estimate λ_max
+    remember: Literal["kl", "ce"] = "kl"  # remembering loss on R̂: KL to the original model, CE
     remember_weight: float = 1.0  # λ: weight of the remembering loss at θ'
     retain_fraction: float = 0.1  # share of R in the small retain subset R̂
     retain_cap: int = 5000  # rows: upper bound on |R̂|
@@ -75,9 +79,15 @@ class LtuConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("lr", "inner_lr", "huber_delta", "budget"):
+        for name in ("lr_scale", "inner_scale", "huber_delta", "budget"):
             if getattr(self, name) <= 0.0:
                 problems.append(f"{name} must be > 0")
+        if self.lr is not None and self.lr <= 0.0:
+            problems.append("lr must be > 0 (or none to calibrate it)")
+        if self.inner_lr is not None and self.inner_lr <= 0.0:
+            problems.append("inner_lr must be > 0 (or none to calibrate it)")
+        if self.power_iterations < 1:
+            problems.append("power_iterations must be >= 1")
         if self.remember_weight < 0.0:
             problems.append("remember_weight must be >= 0")
         if not 0.0 < self.retain_fraction <= 1.0:
@@ -200,48 +210,131 @@ def _meta_loop(task: UnlearnTask, config: LtuConfig, subset: Loader, stop: Refer
                details: dict[str, Any]) -> tuple[int, bool]:
     """Meta-tune / meta-test / meta-update over forget epochs; returns (steps, reached)."""
     model, precision = task.model, task.precision
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.lr)
+    meta = MetaStep.create(model, config, precision)
+    retain_it, query_it = cycle(subset), cycle(task.forget)
+    reference_it = cycle(task.reference)
+    lr = config.lr
+    if lr is None or meta.inner_lr is None:
+        curvature = meta.curvature(device_batch(next(query_it), precision),
+                                   device_batch(next(reference_it), precision))
+        lr = lr if lr is not None else config.lr_scale / curvature
+        meta.inner_lr = meta.inner_lr or config.inner_scale / curvature
+        details["curvature"] = curvature
+    details.update(lr=lr, inner_lr=meta.inner_lr)
+    optimizer = torch.optim.SGD(meta.params, lr=lr)
     guard = Guard(model, task.retain_eval, precision, task.guard)
     guard.start()
     epochs = max(1, min(config.max_epochs, math.floor(config.budget * task.n_retain
                                                        / max(task.n_forget, 1))))
     total = epochs * len(task.forget)
-    retain_it, query_it = cycle(subset), cycle(task.forget)
     step = 0
     for epoch in range(1, epochs + 1):
-        target = reference_margins(model, task.reference, precision)
         for batch in task.forget:
-            xs, ys = device_batch(batch, precision)
-            xq, yq = device_batch(next(query_it), precision)
-            xr, yr = device_batch(next(retain_it), precision)
-            with autocast(precision):
-                support = membership_gap(margins(model(xs), ys), target, delta=config.huber_delta)
-                inner = torch.autograd.grad(support, params, allow_unused=True,
-                                            create_graph=not config.first_order)
-                fast = {n: p if g is None else p - config.inner_lr * g
-                        for n, p, g in zip(names, params, inner, strict=True)}
-                remember = nn.functional.cross_entropy(
-                    functional_call(model, fast, (xr,)).float(), yr)
-                query = membership_gap(margins(functional_call(model, fast, (xq,)), yq),
-                                       target, delta=config.huber_delta)
-            g_f = flat(torch.autograd.grad(support + query, params, retain_graph=True,
-                                           allow_unused=True), params)
-            g_r = flat(torch.autograd.grad(config.remember_weight * remember, params,
-                                           allow_unused=True), params)
+            g_r, g_f, value = meta.gradients(
+                device_batch(batch, precision), device_batch(next(query_it), precision),
+                device_batch(next(retain_it), precision),
+                device_batch(next(reference_it), precision))
             details["conflicts"] += int(torch.dot(g_r, g_f) < 0)
             r, f = harmonize(g_r, g_f)
-            set_grads(params, r + f)
+            set_grads(meta.params, r + f)
             optimizer.step()
             step += 1
-            value = float((support + query + remember).detach())
             guard.check_loss(value, step=step, method="ltu")
             guard.check(step=step, method="ltu")
             task.on_progress(Tick("ltu", step, total, {"loss": value}))
         if stop.measure(epoch):
             return step, True
     return step, False
+
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class MetaStep:
+    """The three LTU phases for one iteration, on the model's trainable parameters."""
+
+    model: nn.Module
+    teacher: nn.Module
+    names: list[str]
+    params: list[nn.Parameter]
+    config: LtuConfig
+    precision: Precision
+    inner_lr: float | None
+
+    @classmethod
+    def create(cls, model: nn.Module, config: LtuConfig, precision: Precision) -> MetaStep:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        return cls(model=model, teacher=teacher, names=[n for n, _ in named],
+                   params=[p for _, p in named], config=config, precision=precision,
+                   inner_lr=config.inner_lr)
+
+    def forgetting(self, logits: torch.Tensor, y: torch.Tensor,
+                   reference: torch.Tensor) -> torch.Tensor:
+        return membership_gap(margins(logits, y), reference, delta=self.config.huber_delta)
+
+    def remembering(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.config.remember == "ce":
+            return nn.functional.cross_entropy(logits.float(), y)
+        with torch.no_grad():
+            target = torch.log_softmax(self.teacher(x).float(), dim=1)
+        return nn.functional.kl_div(torch.log_softmax(logits.float(), dim=1), target,
+                                    log_target=True, reduction="batchmean")
+
+    def curvature(self, forget: Pair, reference: Pair) -> float:
+        """λ_max of the forgetting loss's Hessian on one forget batch (power iteration)."""
+        with autocast(self.precision):
+            target = self.reference(reference)
+            loss = self.forgetting(self.model(forget[0]), forget[1], target)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        top = top_eigenvalue(grads, self.params, iterations=self.config.power_iterations)
+        return max(top, 1e-6)
+
+    @torch.no_grad()
+    def reference(self, batch: Pair) -> torch.Tensor:
+        return torch.sort(margins(self.model(batch[0]), batch[1])).values
+
+    def gradients(self, support: Pair, query: Pair, retain: Pair,
+                  reference: Pair) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(g_r, g_f, loss)``: flat remembering and forgetting meta-gradients."""
+        alpha, order2 = float(self.inner_lr or 0.0), not self.config.first_order
+        with autocast(self.precision):
+            target = self.reference(reference)
+            tune = self.forgetting(self.model(support[0]), support[1], target)
+            inner = torch.autograd.grad(tune, self.params, allow_unused=True,
+                                        retain_graph=True, create_graph=order2)
+            fast = {n: p if g is None else p - alpha * g
+                    for n, p, g in zip(self.names, self.params, inner, strict=True)}
+            test = self.forgetting(functional_call(self.model, fast, (query[0],)), query[1],
+                                   target)
+            remember = self.remembering(functional_call(self.model, fast, (retain[0],)),
+                                        retain[0], retain[1])
+        g_f = flat(torch.autograd.grad(tune + test, self.params, retain_graph=True,
+                                       allow_unused=True), self.params)
+        g_r = flat(torch.autograd.grad(self.config.remember_weight * remember, self.params,
+                                       allow_unused=True), self.params)
+        return g_r, g_f, float((tune + test + remember).detach())
+
+
+def top_eigenvalue(grads: tuple[torch.Tensor | None, ...], params: list[nn.Parameter], *,
+                   iterations: int) -> float:
+    """Largest |eigenvalue| of the Hessian behind ``grads`` (built with create_graph) by power
+    iteration on Hessian-vector products; 0 when the gradient does not depend on ``params``."""
+    pairs = [(g, p) for g, p in zip(grads, params, strict=True) if g is not None]
+    if not pairs or not any(g.requires_grad for g, _ in pairs):
+        return 0.0
+    vector = [torch.randn_like(p) for _, p in pairs]
+    value = 0.0
+    for _ in range(iterations):
+        norm = torch.sqrt(sum((v * v).sum() for v in vector))
+        vector = [v / norm for v in vector]
+        hvp = torch.autograd.grad([g for g, _ in pairs], [p for _, p in pairs],
+                                  grad_outputs=vector, retain_graph=True, allow_unused=True)
+        hvp = [h if h is not None else torch.zeros_like(v) for h, v in zip(hvp, vector, strict=True)]
+        value = float(sum((h * v).sum() for h, v in zip(hvp, vector, strict=True)))
+        vector = [h.detach() for h in hvp]
+    return abs(value)
 
 
 def set_grads(params: list[nn.Parameter], vector: torch.Tensor) -> None:

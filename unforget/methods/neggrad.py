@@ -65,8 +65,9 @@ def forget_probe(task: UnlearnTask, rows: int) -> Loader:
     n = len(data)  # type: ignore[arg-type]
     picks = np.unique(np.linspace(0, n - 1, num=min(rows, n)).round().astype(int)).tolist()
     subset = torch.utils.data.Subset(data, picks)
-    return torch.utils.data.DataLoader(subset, batch_size=task.forget_eval.batch_size,
-                                       collate_fn=task.forget_eval.collate_fn)
+    return torch.utils.data.DataLoader(
+        subset, batch_size=task.forget_eval.batch_size, collate_fn=task.forget_eval.collate_fn
+    )
 
 
 def reference_accuracy(task: UnlearnTask) -> float | None:
@@ -76,8 +77,9 @@ def reference_accuracy(task: UnlearnTask) -> float | None:
     return accuracy(task.model, task.reference, task.precision)
 
 
-def accuracy_brake(task: UnlearnTask, *, target: float, every: int, rows: int,
-                   history: list[dict[str, float]]) -> StopFn:
+def accuracy_brake(
+    task: UnlearnTask, *, target: float, every: int, rows: int, history: list[dict[str, float]]
+) -> StopFn:
     """A stop rule: every ``every`` steps, forget accuracy on a probe vs ``target``."""
     probe = forget_probe(task, rows)
 
@@ -110,16 +112,27 @@ class NegGrad:
         history: list[dict[str, float]] = []
         brake = None
         if config.stop_at_reference and target is not None:
-            brake = accuracy_brake(task, target=target, every=config.check_every,
-                                   rows=config.probe_rows, history=history)
+            brake = accuracy_brake(
+                task,
+                target=target,
+                every=config.check_every,
+                rows=config.probe_rows,
+                history=history,
+            )
         batches = cycle(task.forget)
 
         def loss() -> torch.Tensor:
             x, y = device_batch(next(batches), task.precision)
             return -nn.functional.cross_entropy(task.model(x).float(), y)
 
-        trace = descend(task, name=self.info.name, optimizer=recipe_optimizer(
-            task, lr_scale=config.lr_scale), steps=steps, loss_fn=loss, should_stop=brake)
+        trace = descend(
+            task,
+            name=self.info.name,
+            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+            steps=steps,
+            loss_fn=loss,
+            should_stop=brake,
+        )
         details = {
             "max_steps": steps,
             "lr": task.spec.recipe.lr * config.lr_scale,
@@ -128,8 +141,9 @@ class NegGrad:
             "history": history,
             **trace.details(),
         }
-        return Outcome(model=task.model, steps=trace.steps, stop_reason=trace.stop_reason,
-                       details=details)
+        return Outcome(
+            model=task.model, steps=trace.steps, stop_reason=trace.stop_reason, details=details
+        )
 
 
 METHOD = NegGrad()

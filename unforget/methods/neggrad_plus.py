@@ -81,16 +81,22 @@ class NegGradPlus:
             forget = ce(task.model(xf).float(), yf)
             return config.beta * retain - (1 - config.beta) * forget
 
-        trace = descend(task, name=self.info.name, steps=steps, loss_fn=loss,
-                        optimizer=recipe_optimizer(task, lr_scale=config.lr_scale))
+        trace = descend(
+            task,
+            name=self.info.name,
+            steps=steps,
+            loss_fn=loss,
+            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+        )
         details = {
             "retain_epochs": round(epochs, 4),
             "beta": config.beta,
             "lr": task.spec.recipe.lr * config.lr_scale,
             **trace.details(),
         }
-        return Outcome(model=task.model, steps=trace.steps, stop_reason=trace.stop_reason,
-                       details=details)
+        return Outcome(
+            model=task.model, steps=trace.steps, stop_reason=trace.stop_reason, details=details
+        )
 
 
 METHOD = NegGradPlus()

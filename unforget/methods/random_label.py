@@ -57,8 +57,9 @@ class Config:
             raise ValueError("; ".join(problems))
 
 
-def random_wrong_labels(y: torch.Tensor, num_classes: int,
-                        generator: torch.Generator) -> torch.Tensor:
+def random_wrong_labels(
+    y: torch.Tensor, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
     """y' = (y + k) mod C with k uniform on {1, …, C−1}: uniform over the wrong classes.
 
     Args:
@@ -105,15 +106,21 @@ class RandomLabel:
         epochs = retain_epochs(task, config.epochs)
         steps = steps_for(task.retain, epochs)
         loss = relabel_objective(task, retain_weight=config.retain_weight, steps=steps)
-        trace = descend(task, name=self.info.name, steps=steps, loss_fn=loss,
-                        optimizer=recipe_optimizer(task, lr_scale=config.lr_scale))
+        trace = descend(
+            task,
+            name=self.info.name,
+            steps=steps,
+            loss_fn=loss,
+            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+        )
         details = {
             "retain_epochs": round(epochs, 4),
             "lr": task.spec.recipe.lr * config.lr_scale,
             **trace.details(),
         }
-        return Outcome(model=task.model, steps=trace.steps, stop_reason=trace.stop_reason,
-                       details=details)
+        return Outcome(
+            model=task.model, steps=trace.steps, stop_reason=trace.stop_reason, details=details
+        )
 
 
 METHOD = RandomLabel()

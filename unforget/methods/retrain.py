@@ -37,8 +37,10 @@ class Retrain:
 
     def run(self, task: UnlearnTask, config: Config) -> Outcome:
         if task.retrain is None:
-            raise InputError("retrain needs the checkpoint's training recipe and data, "
-                             "which this request does not provide")
+            raise InputError(
+                "retrain needs the checkpoint's training recipe and data, "
+                "which this request does not provide"
+            )
         fresh = task.retrain()
         recipe = task.spec.recipe
         steps = recipe.epochs * math.ceil(task.n_retain / recipe.batch_size)

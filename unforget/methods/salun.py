@@ -44,9 +44,8 @@ from unforget.methods.finetune import (
     retain_epochs,
     steps_for,
 )
-from unforget.methods.loop import freeze_batchnorm
+from unforget.methods.loop import device_batch, freeze_batchnorm
 from unforget.methods.random_label import relabel_objective
-from unforget.methods.ssd import batch_gradients
 
 Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor of the parameter's shape
 
@@ -72,20 +71,37 @@ class Config:
             raise ValueError("; ".join(problems))
 
 
-def forget_saliency(model: nn.Module, loader: Loader,
-                    precision: Precision) -> dict[str, torch.Tensor]:
-    """|∇_θ L_F| at the current weights, L_F the mean loss over every row of ``loader``."""
-    total: dict[str, torch.Tensor] = {}
-    rows = 0
-    for grads, size in batch_gradients(model, loader, precision):
-        for name, grad in grads.items():
-            total[name] = total[name].add_(grad, alpha=size) if name in total else grad * size
-        rows += size
-    return {name: (grad / max(rows, 1)).abs() for name, grad in total.items()}
+def forget_saliency(
+    model: nn.Module, loader: Loader, precision: Precision
+) -> dict[str, torch.Tensor]:
+    """|∇_θ L_F| at the current weights, L_F the mean loss over every row of ``loader``.
+
+    Batch gradients of Σ ℓ / n accumulate in ``.grad`` (cleared afterwards); the fp16 loss scale,
+    if any, is divided out.
+    """
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    rows = len(loader.dataset)  # type: ignore[arg-type]
+    scaler = precision.scaler()
+    model.zero_grad(set_to_none=True)
+    for batch in loader:
+        x, y = device_batch(batch, precision)
+        with precision.autocast():
+            loss = nn.functional.cross_entropy(model(x).float(), y, reduction="sum") / rows
+        scaler.scale(loss).backward()
+    inverse = 1.0 / scaler.get_scale()
+    saliency = {
+        name: p.grad.detach().float().abs() * inverse
+        if p.grad is not None
+        else torch.zeros_like(p, dtype=torch.float32)
+        for name, p in params.items()
+    }
+    model.zero_grad(set_to_none=True)
+    return saliency
 
 
-def saliency_mask(model: nn.Module, loader: Loader, precision: Precision, *,
-                  fraction: float) -> Mask:
+def saliency_mask(
+    model: nn.Module, loader: Loader, precision: Precision, *, fraction: float
+) -> Mask:
     """m_S: True for the ``fraction`` of weights with the largest |∇_θ L_F| (global top-k)."""
     saliency = forget_saliency(model, loader, precision)
     flat = torch.cat([s.flatten() for s in saliency.values()])
@@ -94,7 +110,7 @@ def saliency_mask(model: nn.Module, loader: Loader, precision: Precision, *,
     chosen[torch.topk(flat, k, sorted=False).indices] = True
     masks, offset = {}, 0
     for name, s in saliency.items():
-        masks[name] = chosen[offset:offset + s.numel()].view_as(s)
+        masks[name] = chosen[offset : offset + s.numel()].view_as(s)
         offset += s.numel()
     return masks
 
@@ -135,14 +151,18 @@ class SalUn:
 
     def run(self, task: UnlearnTask, config: Config) -> Outcome:
         freeze_batchnorm(task.model)
-        mask = saliency_mask(task.model, task.forget_eval, task.precision,
-                             fraction=config.fraction)
+        mask = saliency_mask(task.model, task.forget_eval, task.precision, fraction=config.fraction)
         epochs = retain_epochs(task, config.epochs)
         steps = steps_for(task.retain, epochs)
         loss = relabel_objective(task, retain_weight=config.retain_weight, steps=steps)
-        trace = descend(task, name=self.info.name, steps=steps, loss_fn=loss,
-                        optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
-                        after_step=keep_outside(task.model, mask))
+        trace = descend(
+            task,
+            name=self.info.name,
+            steps=steps,
+            loss_fn=loss,
+            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+            after_step=keep_outside(task.model, mask),
+        )
         salient = sum(int(m.sum()) for m in mask.values())
         total = sum(m.numel() for m in mask.values())
         details = {
@@ -153,8 +173,9 @@ class SalUn:
             "mask_sha256": mask_digest(mask),
             **trace.details(),
         }
-        return Outcome(model=task.model, steps=trace.steps, stop_reason=trace.stop_reason,
-                       details=details)
+        return Outcome(
+            model=task.model, steps=trace.steps, stop_reason=trace.stop_reason, details=details
+        )
 
 
 METHOD = SalUn()

@@ -89,8 +89,9 @@ def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float)
     return kl * temperature**2
 
 
-def schedule(task: UnlearnTask, *, rounds: int, max_rounds: int,
-             retain_steps: int) -> Iterator[tuple[bool, Batch]]:
+def schedule(
+    task: UnlearnTask, *, rounds: int, max_rounds: int, retain_steps: int
+) -> Iterator[tuple[bool, Batch]]:
     """(is_max_step, batch) in SCRUB's order: per round, a max pass over F while
     ``round < max_rounds``, then ``retain_steps`` min-step batches from R (cycled)."""
     retain = cycle(task.retain)
@@ -127,8 +128,9 @@ class Scrub:
         max_steps = config.max_rounds * len(task.forget)
         steps = max_steps + config.rounds * retain_steps
         teacher = frozen_teacher(task.model)
-        plan = schedule(task, rounds=config.rounds, max_rounds=config.max_rounds,
-                        retain_steps=retain_steps)
+        plan = schedule(
+            task, rounds=config.rounds, max_rounds=config.max_rounds, retain_steps=retain_steps
+        )
         student, t = task.model, config.temperature
 
         def loss() -> torch.Tensor:
@@ -142,8 +144,13 @@ class Scrub:
                 return -d
             return config.alpha * d + config.gamma * nn.functional.cross_entropy(logits, y)
 
-        trace = descend(task, name=self.info.name, steps=steps, loss_fn=loss,
-                        optimizer=recipe_optimizer(task, lr_scale=config.lr_scale))
+        trace = descend(
+            task,
+            name=self.info.name,
+            steps=steps,
+            loss_fn=loss,
+            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+        )
         details = {
             "retain_epochs": round(epochs, 4),
             "max_steps": max_steps,
@@ -151,8 +158,9 @@ class Scrub:
             "lr": task.spec.recipe.lr * config.lr_scale,
             **trace.details(),
         }
-        return Outcome(model=student, steps=trace.steps, stop_reason=trace.stop_reason,
-                       details=details)
+        return Outcome(
+            model=student, steps=trace.steps, stop_reason=trace.stop_reason, details=details
+        )
 
 
 METHOD = Scrub()

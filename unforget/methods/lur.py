@@ -1,0 +1,214 @@
+"""LUR: Learning to Unlearn while Retaining (Patel, Qiu; arXiv 2503.06339, 2025).
+
+Idea (the paper's §3): take a look-ahead step on the unlearning objective, evaluate the
+retention loss AT the looked-ahead parameters, and update with the gradient of the sum::
+
+    θ' = θ − η_in ∇_θ L_F(θ)                                        (look-ahead)
+    total(θ) = L_F(θ) + λ · L_R(θ'(θ))                              (objective)
+
+To first order ``L_R(θ') ≈ L_R(θ) − η_in ∇L_R·∇L_F``, so minimising ``total`` also rewards
+forget and retain gradients that agree: an implicit regulariser against gradient conflict,
+without an explicit projection (cheaper in memory and time than projection methods).
+
+Choices where the paper leaves them open, and why:
+
+- ``L_F`` is the random-label loss: cross-entropy to a uniformly drawn WRONG class, re-drawn
+  every step (SalUn's RL objective). It is bounded below, so unlike negated cross-entropy it
+  cannot run away, and it moves forget predictions to other classes instead of merely
+  flattening them.
+- SECOND order by default: ``θ'`` is built with :func:`torch.func.functional_call` from a
+  gradient taken with ``create_graph=True``, and ``total.backward()`` differentiates through
+  it. The regulariser above lives in the ``−η_in ∇L_R·∇L_F`` term whose gradient needs the
+  Hessian-vector products, so a first-order version (``first_order=true``: ``θ'`` uses a
+  detached gradient) keeps only the look-ahead evaluation point; offered for models where
+  double backward is too costly.
+- Step sizes in units of curvature: ``λ_max`` of ``∇²L_F`` on one forget batch is estimated by
+  power iteration; ``η_in = inner_scale/λ_max`` keeps the look-ahead well inside the stable
+  region (beyond it ``(I − η_in ∇²L_F)`` amplifies instead of regularising), and the SGD lr of
+  the outer update is ``lr_scale/λ_max`` (plain gradient descent is stable below 2/λ_max).
+  Either can be fixed instead (``inner_lr``, ``lr``). ``λ`` = 1.
+- ``L_R`` is cross-entropy on a retain batch (each forget batch paired with the next one).
+- Stop: once forget accuracy (checked every forget epoch) reaches the held-out reference
+  accuracy, keeping the closer of the last two epochs (:class:`ReferenceStop`); at most
+  ``⌊budget·|R|/|F|⌋`` forget epochs (capped).
+- Mixed precision: bf16 autocast where available; fp16-only GPUs run in fp32 (loss scaling
+  through a look-ahead step is fragile).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
+from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, weights_differ
+from unforget.methods.ltu import autocast, top_eigenvalue
+from unforget.methods.pgu import ReferenceStop, calibrated_lr
+from unforget.progress import Tick
+
+
+@dataclass(frozen=True, kw_only=True)
+class LurConfig:
+    """Options of ``lur`` (``--set key=value``)."""
+
+    lr: float | None = None  # SGD lr of the outer update; None: calibrated by relative_step
+    relative_step: float = 0.002  # calibrated lr: first update moves θ by this share of ‖θ‖
+    inner_lr: float | None = None  # η_in of the look-ahead; None: inner_scale / λ_max
+    inner_scale: float = 0.1  # calibrated η_in as a share of 1/λ_max
+    retain_weight: float = 1.0  # λ: weight of the retention loss at θ'
+    power_iterations: int = 10  # Hessian-vector products to estimate λ_max
+    first_order: bool = False  # detach the look-ahead gradient (cheaper, drops the regulariser)
+    budget: float = 0.5  # forget epochs = ⌊budget·|R|/|F|⌋, capped by max_epochs
+    max_epochs: int = 20
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("relative_step", "inner_scale", "budget"):
+            if getattr(self, name) <= 0.0:
+                problems.append(f"{name} must be > 0")
+        for name in ("lr", "inner_lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0.0:
+                problems.append(f"{name} must be > 0 (or none to calibrate it)")
+        if self.retain_weight < 0.0:
+            problems.append("retain_weight must be >= 0")
+        if self.power_iterations < 1:
+            problems.append("power_iterations must be >= 1")
+        if self.max_epochs < 1:
+            problems.append("max_epochs must be >= 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def random_wrong_labels(y: torch.Tensor, num_classes: int,
+                        generator: torch.Generator) -> torch.Tensor:
+    """A uniformly drawn class different from ``y`` for every row (needs ≥ 2 classes)."""
+    shift = torch.randint(1, num_classes, y.shape, generator=generator).to(y.device)
+    return (y + shift) % num_classes
+
+
+def look_ahead(model: nn.Module, params: dict[str, nn.Parameter], forget_loss: torch.Tensor, *,
+               step: float, create_graph: bool) -> dict[str, torch.Tensor]:
+    """``θ' = θ − step · ∇_θ L_F`` as a name -> tensor dict for ``functional_call``.
+
+    With ``create_graph`` the gradient keeps its graph, so ``θ'`` is differentiable in ``θ``
+    to second order; otherwise it is detached (``∂θ'/∂θ = I``).
+    """
+    grads = torch.autograd.grad(forget_loss, list(params.values()), allow_unused=True,
+                                retain_graph=True, create_graph=create_graph)
+    return {name: p if g is None else p - step * g
+            for (name, p), g in zip(params.items(), grads, strict=True)}
+
+
+def lur_objective(model: nn.Module, params: dict[str, nn.Parameter], forget: tuple[
+        torch.Tensor, torch.Tensor], retain: tuple[torch.Tensor, torch.Tensor], *,
+        inner_lr: float, retain_weight: float, create_graph: bool) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(total, L_F(θ), L_R(θ'))`` for one forget batch (with its target labels) and one
+    retain batch; ``total`` backpropagates through the look-ahead."""
+    forget_loss = nn.functional.cross_entropy(model(forget[0]).float(), forget[1])
+    fast = look_ahead(model, params, forget_loss, step=inner_lr, create_graph=create_graph)
+    retain_loss = nn.functional.cross_entropy(
+        functional_call(model, fast, (retain[0],)).float(), retain[1])
+    return forget_loss + retain_weight * retain_loss, forget_loss, retain_loss
+
+
+class Lur:
+    info: ClassVar[MethodInfo] = MethodInfo(
+        name="lur",
+        summary="Random-label forgetting with the retain loss taken after a look-ahead step",
+        needs=("forget", "retain", "reference"),
+        paper="Patel, Qiu. Learning to Unlearn while Retaining: Combating Gradient Conflicts "
+              "in Machine Unlearning. arXiv 2503.06339 (2025)",
+    )
+    Config: ClassVar[type] = LurConfig
+
+    def run(self, task: UnlearnTask, config: LurConfig) -> Outcome:
+        model = task.model
+        freeze_batchnorm(model)
+        before = copy.deepcopy(model.state_dict())
+        stop = ReferenceStop(model, task)
+        details: dict[str, Any] = {"order": "first" if config.first_order else "second",
+                                   "forget_loss": "random-label"}
+        steps, reached = 0, stop.measure(0)
+        if not reached:
+            steps, reached = _loop(task, config, stop, details)
+        details.update(history=stop.history, kept_epoch=stop.kept_epoch)
+        return Outcome(model=model, steps=steps, stop_reason=stop.reason(reached=reached),
+                       details=details, weights_changed=weights_differ(before, model.state_dict()))
+
+
+def _loop(task: UnlearnTask, config: LurConfig, stop: ReferenceStop,
+          details: dict[str, Any]) -> tuple[int, bool]:
+    """Look-ahead steps over forget epochs with the stop rule; returns (steps, reached)."""
+    model, precision = task.model, task.precision
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    generator = torch.Generator().manual_seed(task.seed)
+    forget_it, retain_it = cycle(task.forget), cycle(task.retain)
+    x, _ = device_batch(next(cycle(task.forget_eval)), precision)
+    with torch.no_grad(), autocast(precision):
+        classes = int(model(x[:1]).shape[1])
+
+    def forget_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = device_batch(next(forget_it), precision)
+        return x, random_wrong_labels(y, classes, generator)
+
+    inner_lr = config.inner_lr
+    if inner_lr is None:
+        curvature = _curvature(model, params, forget_batch(), config, precision)
+        inner_lr = config.inner_scale / curvature
+        details["curvature"] = curvature
+    details["inner_lr"] = inner_lr
+    lr = config.lr
+    optimizer = torch.optim.SGD(list(params.values()), lr=lr or 0.0)
+    guard = Guard(model, task.retain_eval, precision, task.guard)
+    guard.start()
+    epochs = max(1, min(config.max_epochs, math.floor(config.budget * task.n_retain
+                                                       / max(task.n_forget, 1))))
+    per_epoch, step = len(task.forget), 0
+    for epoch in range(1, epochs + 1):
+        for _ in range(per_epoch):
+            with autocast(precision):
+                total, forget_loss, retain_loss = lur_objective(
+                    model, params, forget_batch(), device_batch(next(retain_it), precision),
+                    inner_lr=inner_lr, retain_weight=config.retain_weight,
+                    create_graph=not config.first_order)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if lr is None:
+                lr = calibrated_lr(list(params.values()), config.relative_step)
+                if lr is not None:
+                    details["lr"] = lr
+                    optimizer.param_groups[0]["lr"] = lr
+            optimizer.step()
+            step += 1
+            value = float(total.detach())
+            guard.check_loss(value, step=step, method="lur")
+            guard.check(step=step, method="lur")
+            task.on_progress(Tick("lur", step, epochs * per_epoch, {
+                "forget_loss": float(forget_loss.detach()),
+                "retain_loss": float(retain_loss.detach())}))
+        if stop.measure(epoch):
+            return step, True
+    return step, False
+
+
+def _curvature(model: nn.Module, params: dict[str, nn.Parameter],
+               batch: tuple[torch.Tensor, torch.Tensor], config: LurConfig,
+               precision: Any) -> float:
+    """λ_max of ``∇²L_F`` on one forget batch (power iteration on Hessian-vector products)."""
+    with autocast(precision):
+        loss = nn.functional.cross_entropy(model(batch[0]).float(), batch[1])
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True,
+                                allow_unused=True)
+    top = top_eigenvalue(grads, list(params.values()), iterations=config.power_iterations)
+    return max(top, 1e-6)
+
+
+METHOD = Lur()
