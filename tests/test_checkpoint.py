@@ -196,7 +196,7 @@ def test_corrupt_checkpoint_is_a_checkpoint_error(tmp_path: Path, damage: str) -
 def test_corrupt_metadata_values_are_checkpoint_errors(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, {"a": torch.zeros(1)}, metadata={"unforget.spec": "{not json"})
-    with pytest.raises(CheckpointError, match="'unforget.spec' is not valid JSON"):
+    with pytest.raises(CheckpointError, match=r"'unforget\.spec' is not valid JSON"):
         load_checkpoint(path).meta_json("unforget.spec")
     bad_alias = tmp_path / "alias.safetensors"
     save_checkpoint(bad_alias, {"a": torch.zeros(1)}, metadata={ckpt_io.KEY_ALIASES: '{"b": "c"}'})

@@ -55,7 +55,10 @@ def write_toy(folder: Path, fmt: str, toy: dict[str, dict[str, np.ndarray]]) -> 
     folder.mkdir(parents=True)
     if fmt == "arrow":
         datasets.DatasetDict(
-            {s: datasets.Dataset.from_dict({k: v.tolist() for k, v in c.items()}) for s, c in toy.items()}
+            {
+                s: datasets.Dataset.from_dict({k: v.tolist() for k, v in c.items()})
+                for s, c in toy.items()
+            }
         ).save_to_disk(str(folder))
         return folder
     for split, columns in toy.items():
@@ -104,8 +107,17 @@ def test_tabular_data_in_every_format(
     info = input_info(train, spec)
     assert (info.kind, info.shape) == ("tabular", (4,))
     rows = np.array([7, 0, 89, 42])
-    x, y, r = next(iter(make_loader(source(train, rows, spec=spec, info=info), batch_size=4,
-                                    shuffle=False, seed=0, device=CPU)))
+    x, y, r = next(
+        iter(
+            make_loader(
+                source(train, rows, spec=spec, info=info),
+                batch_size=4,
+                shuffle=False,
+                seed=0,
+                device=CPU,
+            )
+        )
+    )
     assert x.dtype == torch.float32 and x.shape == (4, 4)
     expected = np.stack([toy["train"][f][rows] for f in FEATURES], axis=1)
     assert np.allclose(x.numpy(), expected, atol=1e-6)
@@ -114,7 +126,9 @@ def test_tabular_data_in_every_format(
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "arrow"])
-def test_format_auto_detection(fmt: str, toy: dict[str, dict[str, np.ndarray]], tmp_path: Path) -> None:
+def test_format_auto_detection(
+    fmt: str, toy: dict[str, dict[str, np.ndarray]], tmp_path: Path
+) -> None:
     folder = write_toy(tmp_path / fmt, fmt, toy)
     assert detect_format(folder) == fmt
     spec = DataSpec(path=str(folder), input_columns=FEATURES)
@@ -147,8 +161,17 @@ def test_a_list_column_is_one_tabular_input(tmp_path: Path) -> None:
     train = load_split(spec, "train")
     info = input_info(train, spec)
     assert (info.kind, info.shape, info.num_classes) == ("tabular", (3,), 2)
-    x, _, _ = next(iter(make_loader(source(train, np.arange(3), spec=spec, info=info),
-                                    batch_size=8, shuffle=False, seed=0, device=CPU)))
+    x, _, _ = next(
+        iter(
+            make_loader(
+                source(train, np.arange(3), spec=spec, info=info),
+                batch_size=8,
+                shuffle=False,
+                seed=0,
+                device=CPU,
+            )
+        )
+    )
     assert x.tolist() == [[0.0, 0.0, -1.0], [1.0, 0.5, -1.0], [2.0, 1.0, -1.0]]
 
 
@@ -157,8 +180,9 @@ def test_image_batches_are_uint8_until_the_device(fmnist: DataSpec) -> None:
     train = load_split(fmnist, "train")
     info = input_info(train, fmnist)
     rows = np.array([5, 17, 3, 4242, 5999])
-    loader = make_loader(source(train, rows, spec=fmnist, info=info), batch_size=2,
-                         shuffle=False, seed=0, device=CPU)
+    loader = make_loader(
+        source(train, rows, spec=fmnist, info=info), batch_size=2, shuffle=False, seed=0, device=CPU
+    )
     batches = list(loader)
     assert [len(b[0]) for b in batches] == [2, 2, 1]
     x, y, r = batches[0]
@@ -168,7 +192,7 @@ def test_image_batches_are_uint8_until_the_device(fmnist: DataSpec) -> None:
     raw = np.asarray(train.dataset.with_format("numpy")[5]["image"])
     assert np.array_equal(x[0, 0].numpy(), raw)
     xd, yd, rd = to_device((x, y, r), CPU)
-    assert xd.dtype == torch.float32 and 0.0 <= float(xd.min()) and float(xd.max()) <= 1.0
+    assert xd.dtype == torch.float32 and float(xd.min()) >= 0.0 and float(xd.max()) <= 1.0
     assert torch.equal((xd * 255).round().to(torch.uint8), x)
     assert torch.equal(yd, y) and torch.equal(rd, r)
     assert [train.ids[i] for b in batches for i in b[2]] == [train.ids[i] for i in rows]
@@ -243,10 +267,13 @@ def test_changed_training_data_stops_open_workspace_unless_accepted(
     shutil.copytree(sample_dir / "fashion-mnist", data)
     labels = load_split(DataSpec(path=str(data)), "train").labels.copy()
     labels[0] = (labels[0] + 1) % 10
-    rewrite_parquet(sample_dir / "fashion-mnist" / "train.parquet", data / "train.parquet",
-                    change={"label": labels.tolist()})
+    rewrite_parquet(
+        sample_dir / "fashion-mnist" / "train.parquet",
+        data / "train.parquet",
+        change={"label": labels.tolist()},
+    )
     flags = {"data.path": str(data)}
-    with pytest.raises(DataError, match="not the data this model was trained on.*--accept-data"):
+    with pytest.raises(DataError, match=r"not the data this model was trained on.*--accept-data"):
         open_workspace(tiny_ckpt, flags=flags)
     ws = open_workspace(tiny_ckpt, flags=flags, accept_data_change=True)
     assert ws.data_changed
@@ -272,8 +299,11 @@ def test_ids_in_both_splits_are_a_data_error(
     train_ids = pq.read_table(sample_dir / "fashion-mnist" / "train.parquet").column("id")
     ids = pq.read_table(sample_dir / "fashion-mnist" / "heldout.parquet").column("id").to_pylist()
     ids[:2] = train_ids.to_pylist()[:2]
-    rewrite_parquet(sample_dir / "fashion-mnist" / "heldout.parquet", data / "heldout.parquet",
-                    change={"id": ids})
+    rewrite_parquet(
+        sample_dir / "fashion-mnist" / "heldout.parquet",
+        data / "heldout.parquet",
+        change={"id": ids},
+    )
     with pytest.raises(DataError, match="2 IDs are in both the training and held-out split"):
         open_workspace(tiny_ckpt, flags={"data.path": str(data)})
 

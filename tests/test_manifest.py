@@ -108,7 +108,7 @@ def test_resolve_rows_maps_ids_to_training_rows() -> None:
 
 
 def test_unknown_ids_listed_with_count_and_first_five() -> None:
-    ids = tuple(f"ghost{i}" for i in range(8)) + ("t1",)
+    ids = (*(f"ghost{i}" for i in range(8)), "t1")
     with pytest.raises(ManifestError) as info:
         resolve_rows(ids, train_index=TRAIN, heldout_index=HELDOUT, path=Path("req.txt"))
     message = str(info.value)

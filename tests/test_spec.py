@@ -241,7 +241,8 @@ def build(*, input_shape, num_classes, width=8):
     size = 1
     for d in input_shape:
         size *= d
-    return nn.Sequential(nn.Flatten(), nn.Linear(size, width), nn.ReLU(), nn.Linear(width, num_classes))
+    layers = [nn.Flatten(), nn.Linear(size, width), nn.ReLU(), nn.Linear(width, num_classes)]
+    return nn.Sequential(*layers)
 '''
 
 

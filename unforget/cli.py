@@ -411,6 +411,75 @@ def methods(
         print_methods(_console(), rows)
 
 
+@app.command(
+    epilog="Examples:\n\n  unforget bench --quick --out bench-quick/"
+    "\n\n  unforget bench --data fashion-mnist --forget random:0.01,random:0.1,random:0.3,"
+    "class:Sandal --methods nabla-tau,retrain,finetune,scrub --seeds 3 --out bench/",
+)
+def bench(
+    data: Annotated[
+        str,
+        typer.Option("--data", help="fashion-mnist (Debian package), sample, or a data folder."),
+    ] = "fashion-mnist",
+    forget: Annotated[
+        str,
+        typer.Option("--forget", help="Comma-separated settings: random:FRACTION or class:NAME."),
+    ] = ("random:0.01,random:0.1,random:0.3,class:Sandal"),
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated methods (must include retrain).")
+    ] = ("nabla-tau,retrain,finetune,neggrad+,scrub"),
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per setting.")] = 1,
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Training epochs of the original and retrained models.")
+    ] = 20,
+    out: Annotated[Path, typer.Option("--out", help="Output folder (results.md/json/png).")] = (
+        Path("bench")
+    ),
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="Small run on the shipped sample: a few minutes on 2 CPU cores."
+        ),
+    ] = False,
+    device: Device = "auto",
+    as_json: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> int:
+    """Every method against exact retraining: quality gaps and time ratios from one run."""
+    from unforget.bench import BenchConfig, markdown, quick_config, run_bench
+    from unforget.errors import InputError
+    from unforget.methods import METHODS
+
+    if seeds < 1:
+        raise InputError("--seeds must be >= 1")
+    config = (
+        quick_config(out)
+        if quick
+        else BenchConfig(
+            data=data,
+            settings=tuple(x.strip() for x in forget.split(",") if x.strip()),
+            methods=tuple(x.strip() for x in methods.split(",") if x.strip()),
+            seeds=seeds,
+            out=out,
+            recipe={"epochs": epochs, "batch_size": 128, "lr": 1e-3},
+        )
+    )
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"unknown methods {unknown} (valid: {', '.join(METHODS)})")
+    console = _console()
+    notice = (lambda text: None) if quiet or as_json else (lambda text: console.print(text))
+    with _progress(not quiet and not as_json) as tick:
+        result = run_bench(config, precision=_precision(device), on_progress=tick, on_notice=notice)
+    if as_json:
+        _emit_json(result)
+    elif not quiet:
+        console.print(markdown(result["summary"]))
+        console.print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
+    return 0
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (the error boundary).
 

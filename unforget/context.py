@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from unforget import checkpoint as ckpt_io
 from unforget.checkpoint import Checkpoint
 from unforget.data import InputInfo, Split, fingerprint, input_info, load_split, reference_mask
+from unforget.device import Precision
 from unforget.errors import DataError, SpecError
 from unforget.ledger import LedgerEntry, covered, entries_from_json
 from unforget.loaders import Encoder
 from unforget.manifest import Manifest, canonical_ids, resolve_rows
+from unforget.models import build_model
 from unforget.spec import (
     RunSpec,
     flags_layer,
@@ -29,6 +32,7 @@ from unforget.spec import (
     spec_layer_from_json,
     spec_layer_from_toml,
 )
+from unforget.train import prepare_model
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,18 @@ class Workspace:
             heldout_index=self.heldout.index(),
             path=manifest.path,
         )
+
+    def load_model(self, path: Path | None, precision: Precision) -> nn.Module:
+        """Build the spec's architecture, load ``path`` (default: this checkpoint) into it."""
+        model = build_model(
+            self.spec.model,
+            input_shape=self.info.shape,
+            num_classes=self.info.num_classes,
+            allow_plugin=self.allow_plugin,
+        )
+        source = self.checkpoint if path is None else ckpt_io.load_checkpoint(path)
+        ckpt_io.load_into(model, source)
+        return prepare_model(model, precision)
 
     def retain_rows(self, forget: np.ndarray) -> np.ndarray:
         """Train rows minus ``forget`` minus everything already in the ledger."""

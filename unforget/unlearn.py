@@ -30,12 +30,11 @@ from unforget.loaders import make_loader, source
 from unforget.manifest import Manifest, read_manifest
 from unforget.methods import get_method, make_config
 from unforget.methods.base import GuardConfig, Outcome, UnlearnTask
-from unforget.models import build_model
 from unforget.options import as_plain
 from unforget.progress import ProgressFn, silent
 from unforget.receipt import Provenance, Receipt, Snapshot
 from unforget.spec import relativise_data_path
-from unforget.train import fit, prepare_model
+from unforget.train import fit
 
 EVAL_BATCH = 512
 RETAIN_SAMPLE = 2048
@@ -133,14 +132,7 @@ def _task(
     precision: Precision,
     on_progress: ProgressFn,
 ) -> tuple[UnlearnTask, dict[str, Any]]:
-    model = build_model(
-        ws.spec.model,
-        input_shape=ws.info.shape,
-        num_classes=ws.info.num_classes,
-        allow_plugin=ws.allow_plugin,
-    )
-    ckpt_io.load_into(model, ws.checkpoint)
-    model = prepare_model(model, precision)
+    model = ws.load_model(None, precision)
     retain = ws.retain_rows(forget)
     rng = np.random.default_rng(request.seed)
     sample = np.sort(rng.choice(retain, size=min(RETAIN_SAMPLE, len(retain)), replace=False))

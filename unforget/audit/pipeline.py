@@ -36,9 +36,7 @@ from unforget.errors import InputError
 from unforget.fileio import sha256_file
 from unforget.loaders import make_loader, source
 from unforget.manifest import read_manifest
-from unforget.models import build_model
 from unforget.progress import ProgressFn, silent
-from unforget.train import prepare_model
 
 SCHEMA = "unforget.audit/1"
 FPRS = (0.01, 0.001)
@@ -174,10 +172,10 @@ def run_audit(
         on_progress=on_progress,
     )
     timing["references_seconds"] = time.perf_counter() - t0
-    refs += [_load_model(ws, p, precision) for p in request.retrained]
+    refs += [ws.load_model(p, precision) for p in request.retrained]
     diagnostics = tuple(d for p in request.retrained for d in _recipe_check(ws, p))
-    target = _load_model(ws, request.ckpt, precision)
-    original = _load_model(ws, original_path, precision) if original_path else None
+    target = ws.load_model(None, precision)
+    original = ws.load_model(original_path, precision) if original_path else None
     t0 = time.perf_counter()
     report = _score(
         request, ws, forget, heldout, retain, target, original, refs, sample, precision, diagnostics
@@ -241,17 +239,6 @@ def _original_from_receipt(ckpt: Path, notes: list[str]) -> Path | None:
         return candidate
     notes.append("the receipt's input checkpoint was not found; no positive control")
     return None
-
-
-def _load_model(ws: Workspace, path: Path, precision: Precision) -> nn.Module:
-    model = build_model(
-        ws.spec.model,
-        input_shape=ws.info.shape,
-        num_classes=ws.info.num_classes,
-        allow_plugin=ws.allow_plugin,
-    )
-    ckpt_io.load_into(model, ckpt_io.load_checkpoint(path))
-    return prepare_model(model, precision)
 
 
 def _recipe_check(ws: Workspace, path: Path) -> list[str]:

@@ -22,10 +22,9 @@ from torch import nn
 from unforget import checkpoint as ckpt_io
 from unforget.context import Workspace
 from unforget.device import Precision
-from unforget.models import build_model
 from unforget.options import as_plain
 from unforget.progress import ProgressFn, silent
-from unforget.train import fit, prepare_model
+from unforget.train import fit
 
 CHOICES = (8, 4, 2)
 
@@ -148,14 +147,7 @@ def ensure(
     for i, ref_seed in enumerate(reference_seeds(k, seed=seed)):
         path = cache_dir / f"{cache_key(ws, sha, ref_seed)}.safetensors"
         if path.is_file():
-            model = build_model(
-                ws.spec.model,
-                input_shape=ws.info.shape,
-                num_classes=ws.info.num_classes,
-                allow_plugin=ws.allow_plugin,
-            )
-            ckpt_io.load_into(model, ckpt_io.load_checkpoint(path))
-            models.append(prepare_model(model, precision))
+            models.append(ws.load_model(path, precision))
             continue
         start = time.perf_counter()
         model, _ = fit(

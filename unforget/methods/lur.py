@@ -63,6 +63,7 @@ class LurConfig:
     inner_scale: float = 0.1  # calibrated η_in as a share of 1/λ_max
     retain_weight: float = 1.0  # λ: weight of the retention loss at θ'
     power_iterations: int = 10  # Hessian-vector products to estimate λ_max
+    fixed_labels: bool = True  # one wrong label per forget row (else re-drawn every step)
     first_order: bool = False  # detach the look-ahead gradient (cheaper, drops the regulariser)
     budget: float = 0.5  # forget epochs = ⌊budget·|R|/|F|⌋, capped by max_epochs
     max_epochs: int = 20
@@ -91,6 +92,14 @@ def random_wrong_labels(y: torch.Tensor, num_classes: int,
     """A uniformly drawn class different from ``y`` for every row (needs ≥ 2 classes)."""
     shift = torch.randint(1, num_classes, y.shape, generator=generator).to(y.device)
     return (y + shift) % num_classes
+
+
+def fixed_wrong_labels(y: torch.Tensor, rows: torch.Tensor, num_classes: int, *,
+                       seed: int) -> torch.Tensor:
+    """A wrong class per training row, the same every time the row is drawn (a hash of row
+    and seed picks the shift 1..C−1)."""
+    mixed = (rows * 2654435761 + seed * 40503) % 4294967291
+    return (y + 1 + mixed % (num_classes - 1)) % num_classes
 
 
 def look_ahead(model: nn.Module, params: dict[str, nn.Parameter], forget_loss: torch.Tensor, *,
@@ -156,7 +165,10 @@ def _loop(task: UnlearnTask, config: LurConfig, stop: ReferenceStop,
         classes = int(model(x[:1]).shape[1])
 
     def forget_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = device_batch(next(forget_it), precision)
+        batch = next(forget_it)
+        x, y = device_batch(batch, precision)
+        if config.fixed_labels:
+            return x, fixed_wrong_labels(y, batch[2].to(y.device), classes, seed=task.seed)
         return x, random_wrong_labels(y, classes, generator)
 
     inner_lr = config.inner_lr
