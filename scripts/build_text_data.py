@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,11 +44,14 @@ SAMPLE_SPEC = """\
 # Run spec of the text sample model (Rotten Tomatoes snippets, fresh vs rotten). `unforget
 # train` embeds it, and the WordPiece tokenizer it fits, in the checkpoint, so later commands
 # (apply, audit) need only --ckpt and --forget. Small on purpose: the checkpoint stays under
-# 1 MB, and 40 epochs without weight decay make the model memorise its training snippets
+# 1 MB, and 10 epochs without weight decay make the model memorise its training snippets
 # (train accuracy near 1, held-out about 0.7), so membership leaks for the audit to find.
+# max_length 48 WordPiece tokens keeps 87% of the snippets whole (median 29). Dropout 0.2
+# rather than 0.1: the memorisation is the same, but the model is less brittle, so unlearning
+# a random 10% costs less held-out accuracy (measured over apply seeds with nabla-tau).
 [model]
 name = "text"
-kwargs = {{ vocab_size = {vocab}, dim = {dim}, layers = 1, heads = 4, dropout = 0.1 }}
+kwargs = {{ vocab_size = {vocab}, dim = {dim}, layers = 1, heads = 4, dropout = {dropout} }}
 
 [data]
 path = "."
@@ -68,7 +72,7 @@ epochs = {epochs}
 batch_size = 64
 seed = 0
 """
-SAMPLE_MODEL = {"vocab": 3000, "dim": 64, "max_length": 64, "epochs": 40}
+SAMPLE_MODEL = {"vocab": 3000, "dim": 64, "dropout": 0.2, "max_length": 48, "epochs": 10}
 
 
 def main() -> None:
@@ -96,10 +100,13 @@ def main() -> None:
     _write_manifest(out / "forget_random10.txt", random_ids,
                     "random 10% of the text sample's training split")
     if not args.skip_train:
+        # One CPU thread: float sums then run in one order, so the checkpoint does not depend
+        # on the building machine's core count.
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
         subprocess.run(
             [sys.executable, "-m", "unforget", "train", "--config", str(out / "unforget.toml"),
              "--out", str(out / "model.safetensors"), "--device", "cpu", "--force"],
-            check=True,
+            check=True, env=env,
         )
 
 

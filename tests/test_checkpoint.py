@@ -233,3 +233,16 @@ def test_load_into_a_matching_model_restores_its_function(tmp_path: Path) -> Non
     load_into(dst, load_checkpoint(path))
     x = torch.randn(5, 4)
     assert torch.equal(dst(x), src(x))
+
+
+def test_outputs_get_ordinary_file_modes(tmp_path: Path) -> None:
+    """The temporary file is created 0600; the finished checkpoint follows the umask like any
+    other file (umask 022 -> 0644), so a pipeline's next user can read it."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "m.safetensors", {"a": torch.zeros(1)}, metadata={})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644

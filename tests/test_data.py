@@ -135,11 +135,6 @@ def test_format_auto_detection(
     assert len(load_split(spec, "train")) == 90
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data.detect_format: any(path.glob(...) for ext in exts) tests generator objects, "
-    "which are always truthy, so every folder without dataset_dict.json is 'parquet'",
-)
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_format_auto_detection_of_text_formats(
     fmt: str, toy: dict[str, dict[str, np.ndarray]], tmp_path: Path

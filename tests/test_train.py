@@ -21,14 +21,14 @@ from unforget.ledger import covered, entries_from_json
 from unforget.loaders import make_loader, source
 from unforget.manifest import read_manifest
 from unforget.models import build_model
-from unforget.spec import Recipe, merge_spec
+from unforget.spec import Recipe, RunSpec, merge_spec
 from unforget.train import augment, fit, lr_factor, train_loop
 from unforget.training_run import train_checkpoint
 
 CPU = precision_for(resolve_device("cpu"))
 
 
-def small_spec(sample_dir: Path, **recipe: object) -> object:
+def small_spec(sample_dir: Path, **recipe: object) -> RunSpec:
     return merge_spec(
         {
             "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
@@ -42,12 +42,12 @@ def test_same_spec_and_seed_give_bit_identical_weights(sample_dir: Path) -> None
     """Seed drives init, shuffling and augmentation: two runs agree bit for bit; another seed
     gives other weights."""
     spec = small_spec(sample_dir)
-    split = load_split(spec.data, "train")  # type: ignore[attr-defined]
-    info = input_info(split, spec.data)  # type: ignore[attr-defined]
+    split = load_split(spec.data, "train")
+    info = input_info(split, spec.data)
     rows = np.arange(0, 6000, 4)
 
     def weights(seed: int) -> dict[str, torch.Tensor]:
-        model, result = fit(spec, split=split, rows=rows, info=info, precision=CPU, seed=seed)  # type: ignore[arg-type]
+        model, result = fit(spec, split=split, rows=rows, info=info, precision=CPU, seed=seed)
         assert result.steps == math.ceil(len(rows) / 64) and result.samples == len(rows)
         return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -64,7 +64,7 @@ def test_the_sample_model_learned_and_memorised(sample_ckpt: Path) -> None:
     load_into(model, ws.checkpoint)
 
     def accuracy(split: object, rows: np.ndarray) -> float:
-        src = source(split, rows, spec=ws.spec.data, info=ws.info)  # type: ignore[arg-type]
+        src = source(split, rows, spec=ws.spec.data, info=ws.info)
         loader = make_loader(src, batch_size=1000, shuffle=False, seed=0, device=CPU.device)
         return score(predict(model, loader, precision=CPU)).accuracy
 
@@ -79,7 +79,7 @@ def test_the_sample_model_learned_and_memorised(sample_ckpt: Path) -> None:
 
 def test_train_checkpoint_embeds_the_spec_and_facts(sample_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
-    report = train_checkpoint(small_spec(sample_dir, augmentation=[]), out=out, precision=CPU)  # type: ignore[arg-type]
+    report = train_checkpoint(small_spec(sample_dir, augmentation=[]), out=out, precision=CPU)
     ckpt = load_checkpoint(out)
     spec = ckpt.meta_json(KEY_SPEC)
     train = load_split(report.spec.data, "train")
@@ -105,7 +105,7 @@ def test_train_refuses_an_existing_output_before_training(
 
     monkeypatch.setattr("unforget.training_run.fit", no_training)
     with pytest.raises(OutputExistsError):
-        train_checkpoint(small_spec(sample_dir), out=out, precision=CPU)  # type: ignore[arg-type]
+        train_checkpoint(small_spec(sample_dir), out=out, precision=CPU)
     assert out.read_bytes() == b"precious"
 
 
@@ -123,12 +123,12 @@ def test_exact_retraining_leaves_out_the_manifest_and_records_it(
 
     def spy(*args: object, **kwargs: object) -> object:
         seen["rows"] = kwargs["rows"]  # type: ignore[assignment]
-        return real_fit(*args, **kwargs)  # type: ignore[arg-type]
+        return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(training_run, "fit", spy)
     out = tmp_path / "retrained.safetensors"
     spec = small_spec(sample_dir, augmentation=[])
-    report = train_checkpoint(spec, out=out, precision=CPU, exclude=read_manifest(manifest_path))  # type: ignore[arg-type]
+    report = train_checkpoint(spec, out=out, precision=CPU, exclude=read_manifest(manifest_path))
     train = load_split(report.spec.data, "train")
     trained_ids = {train.ids[r] for r in seen["rows"]}
     assert len(seen["rows"]) == 6000 - 50 and not trained_ids & set(ids)
@@ -145,7 +145,7 @@ def test_nonfinite_loss_stops_training() -> None:
         model.weight.fill_(float("nan"))
     batches = [(torch.rand(8, 4), torch.randint(0, 3, (8,)), torch.arange(8))] * 3
     with pytest.raises(GuardRailError, match="loss became nan at step 3"):
-        train_loop(model, batches, recipe=Recipe(epochs=1), precision=CPU, seed=0)  # type: ignore[arg-type]
+        train_loop(model, batches, recipe=Recipe(epochs=1), precision=CPU, seed=0)
 
 
 def test_lr_schedules() -> None:

@@ -120,6 +120,14 @@ def train(
     config: Config = None,
     sets: Sets = None,
     device: Device = "auto",
+    pgu_stats: Annotated[
+        bool,
+        typer.Option(
+            "--pgu-stats",
+            help="Also write <out stem>.pgu.safetensors, the layer statistics the pgu method "
+            "reads instead of the retain set (one more pass over the training data).",
+        ),
+    ] = False,
     force: Force = False,
     as_json: Json = False,
     quiet: Quiet = False,
@@ -155,6 +163,7 @@ def train(
             force=force,
             allow_plugin=allow_plugin,
             exclude=manifest,
+            pgu_stats=pgu_stats,
             on_progress=tick,
         )
     if as_json:
@@ -173,6 +182,7 @@ def report_json(report: Any) -> dict[str, Any]:
         "train": report.train.as_dict(),
         "heldout": report.heldout.as_dict(),
         "seconds": round(report.result.seconds, 3),
+        "pgu_statistics": str(report.statistics) if report.statistics else None,
         "spec": as_plain(report.spec),
     }
 
@@ -475,7 +485,7 @@ def bench(
     if as_json:
         _emit_json(result)
     elif not quiet:
-        console.print(markdown(result["summary"]))
+        sys.stderr.write(markdown(result["summary"]))
         console.print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
     return 0
 
@@ -486,20 +496,19 @@ def run(argv: list[str] | None = None) -> int:
     Errors of the :class:`UnforgetError` hierarchy become one line on stderr and their exit
     code; anything unexpected is exit 1 with one line. ``--debug`` adds the traceback.
     """
-    import click
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    exit_types, abort_types, usage_types, click_types = _click_exception_types()
     try:
         result = app(args=args, standalone_mode=False, prog_name="unforget")
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except exit_types as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except abort_types:
         sys.stderr.write("unforget: aborted\n")
         return EXIT_FAILURE
-    except click.ClickException as exc:
-        exc.show()
-        return EXIT_BAD_INPUT if isinstance(exc, click.UsageError) else exc.exit_code
+    except click_types as exc:
+        exc.show()  # type: ignore[attr-defined]
+        return EXIT_BAD_INPUT if isinstance(exc, usage_types) else int(exc.exit_code)  # type: ignore[attr-defined]
     except UnforgetError as exc:
         _fail(exc, debug=debug)
         return exc.exit_code
@@ -510,6 +519,25 @@ def run(argv: list[str] | None = None) -> int:
         _fail(exc, debug=debug, unexpected=True)
         return EXIT_FAILURE
     return int(result) if isinstance(result, int) else 0
+
+
+def _click_exception_types() -> tuple[tuple[type, ...], ...]:
+    """Exit/abort/usage/other exception classes of click AND of the copy Typer >= 0.2x vendors.
+
+    Derived from Typer's public exception classes (``typer.Exit``, ``typer.Abort``,
+    ``typer.BadParameter``) so the boundary works whichever click implementation Typer uses.
+    """
+    import click
+
+    bad_parameter_mro = typer.BadParameter.__mro__
+    usage = next(c for c in bad_parameter_mro if c.__name__ == "UsageError")
+    base = next(c for c in bad_parameter_mro if c.__name__ == "ClickException")
+    return (
+        (typer.Exit, click.exceptions.Exit),
+        (typer.Abort, click.exceptions.Abort),
+        (usage, click.UsageError),
+        (base, click.ClickException),
+    )
 
 
 def _fail(exc: BaseException, *, debug: bool, unexpected: bool = False) -> None:

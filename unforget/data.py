@@ -57,7 +57,7 @@ def detect_format(path: Path) -> str:
     if (path / "dataset_dict.json").is_file():
         return "arrow"
     for fmt, exts in _EXTENSIONS.items():
-        if any(path.glob(f"*{ext}") for ext in exts) or any(path.glob(f"*/*{exts[0]}")):
+        if any(any(path.glob(f"*{ext}")) for ext in exts) or any(path.glob(f"*/*{exts[0]}")):
             return fmt
     if any(p.is_dir() for p in path.iterdir()):
         return "imagefolder"

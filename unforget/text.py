@@ -17,7 +17,10 @@ for short review snippets the saving of dynamic padding would be small.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import heapq
+import itertools
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,9 +37,12 @@ if TYPE_CHECKING:
     from unforget.spec import ModelSpec
 
 SPECIAL = ("[PAD]", "[UNK]")
+PAD_ID = 0  # padding of tokenizers that define no pad token (the built-in model's convention)
 # Pad tokens of common tokenizer families, tried in order when tokenizer.json sets no padding.
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|padding|>", "<|pad|>")
-_CHUNK = 2048  # rows per chunk when streaming text into the tokenizer trainer
+_CHUNK = 2048  # rows per chunk when streaming text into the vocabulary counter
+_CONT = "##"  # WordPiece continuation prefix
+_MAX_WORD = 100  # longer "words" (URLs, noise) map to [UNK] and are not learnt from
 
 
 @dataclass(frozen=True)
@@ -74,10 +80,14 @@ class TextEncoder:
 
 
 def make_encoder(tokenizer: Tokenizer, *, max_length: int) -> TextEncoder:
-    """Wrap ``tokenizer``: truncation to ``max_length`` on, its own padding off.
+    """Wrap ``tokenizer``: truncation to ``max_length``, right padding with its pad id.
 
-    Padding is done by :class:`TextEncoder` (one array, one pad id), so a pretrained
-    tokenizer.json that pads to a fixed width of its own must not pad as well.
+    A pretrained tokenizer.json may pad to a fixed width or on the left; both are replaced by
+    padding to the batch's longest row on the right, which :class:`TextEncoder` widens to
+    ``max_length`` with the same id (absolute position embeddings expect text to start at 0).
+    Keeping a padding setting, rather than none, records the pad id in the JSON stored in
+    checkpoints, so it survives the round trip. A tokenizer with no pad token pads with id 0,
+    which the built-in text model treats as padding.
 
     Raises:
         SpecError: ``max_length`` below 1.
@@ -85,13 +95,18 @@ def make_encoder(tokenizer: Tokenizer, *, max_length: int) -> TextEncoder:
     if max_length < 1:
         raise SpecError(f"data.max_length must be >= 1 for text inputs (got {max_length})")
     pad = pad_id(tokenizer)
-    tokenizer.no_padding()
+    if pad is None:
+        tokenizer.no_padding()
+        pad = PAD_ID
+    else:
+        token = tokenizer.id_to_token(pad) or SPECIAL[0]
+        tokenizer.enable_padding(direction="right", pad_id=pad, pad_token=token)
     tokenizer.enable_truncation(max_length)
     return TextEncoder(tokenizer=tokenizer, max_length=max_length, pad_id=pad)
 
 
-def pad_id(tokenizer: Tokenizer) -> int:
-    """The id a tokenizer pads with: its padding setting, else a known pad token, else 0.
+def pad_id(tokenizer: Tokenizer) -> int | None:
+    """The id a tokenizer pads with: its padding setting, else a known pad token, else None.
 
     :mod:`unforget.models.hf` derives its attention mask from the same function, so the
     padding written by the encoder and the padding masked by the model always agree.
@@ -103,12 +118,16 @@ def pad_id(tokenizer: Tokenizer) -> int:
         found = tokenizer.token_to_id(token)
         if found is not None:
             return int(found)
-    return 0
+    return None
 
 
 def fit_tokenizer(split: Split, column: str, *, vocab_size: int, max_length: int,
-                  rows: np.ndarray | None = None) -> TextEncoder:
-    """Train a lower-cased WordPiece tokenizer on ``column`` of ``split`` (streamed in chunks).
+                  rows: np.ndarray | None = None, min_frequency: int = 2) -> TextEncoder:
+    """Learn a lower-cased WordPiece vocabulary on ``column`` of ``split`` (streamed in chunks).
+
+    The vocabulary is learnt by :func:`learn_wordpiece` rather than by ``tokenizers``'
+    ``WordPieceTrainer``, whose tie-breaking follows Rust hash-map order: it gives a different
+    vocabulary on every run, so one spec and seed would not give one model.
 
     Args:
         split: the training split.
@@ -117,23 +136,121 @@ def fit_tokenizer(split: Split, column: str, *, vocab_size: int, max_length: int
         max_length: tokens per sample after truncation.
         rows: row positions to learn from (default: all). Exact retraining passes the retained
             rows, so no vocabulary entry exists only because of a forgotten sample.
+        min_frequency: a piece (or character) enters the vocabulary only if it occurs in at
+            least this many rows, so with the default no single training sample adds a token
+            of its own: the vocabulary is not a record of who was in the training set.
 
     Raises:
-        SpecError: ``vocab_size`` too small to hold the special tokens and an alphabet.
+        SpecError: ``vocab_size`` too small to hold the special tokens.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     if vocab_size < 2 * len(SPECIAL):
         raise SpecError(f"model.kwargs.vocab_size must be at least {2 * len(SPECIAL)} "
                         f"(got {vocab_size})")
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL),
-                                        show_progress=False)
-    count = len(split) if rows is None else len(rows)
-    tokenizer.train_from_iterator(_texts(split, column, rows), trainer=trainer, length=count)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for chunk in _texts(split, column, rows):
+        for text in chunk:
+            words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+            counts.update({word for word, _ in words if len(word) <= _MAX_WORD})
+    pieces = learn_wordpiece(counts, vocab_size=vocab_size - len(SPECIAL),
+                             min_frequency=min_frequency)
+    vocab = {token: i for i, token in enumerate((*SPECIAL, *pieces))}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=SPECIAL[1],
+                                           max_input_chars_per_word=_MAX_WORD))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoders.WordPiece()
     return make_encoder(tokenizer, max_length=max_length)
+
+
+def learn_wordpiece(counts: Mapping[str, int], *, vocab_size: int,
+                    min_frequency: int) -> list[str]:
+    """WordPiece pieces by frequency-driven merging (what ``WordPieceTrainer`` does), with
+    every tie broken by the merged strings so the result depends on the counts alone.
+
+    Words start as their characters, all but the first carrying the continuation prefix
+    ``##``. The alphabet (each kept character in both forms, so any word spelt with known
+    characters still tokenizes) comes first, then merges in order: repeatedly the adjacent pair
+    with the highest count (ties: lexicographically smallest pair) becomes one piece, until
+    ``vocab_size`` pieces or no pair reaches ``min_frequency``. Only the words a merge touches
+    are recounted, and a lazy heap finds the best pair, so the cost grows with the number of
+    distinct words, not with the corpus.
+
+    Args:
+        counts: word -> weight (here: the number of rows containing the word).
+        vocab_size: maximum number of pieces returned.
+        min_frequency: smallest weight of a character or merged pair that is kept.
+
+    Returns:
+        The pieces, alphabet first, in a deterministic order.
+    """
+    chars: Counter[str] = Counter()
+    for word, count in counts.items():
+        for char in set(word):
+            chars[char] += count
+    ranked = sorted((c for c, n in chars.items() if n >= min_frequency),
+                    key=lambda c: (-chars[c], c))[: vocab_size // 2]
+    alphabet = set(ranked)
+    pieces = [*sorted(ranked), *(_CONT + c for c in sorted(ranked))]
+    kept = [word for word in sorted(counts) if word and set(word) <= alphabet]
+    words = [[word[0], *(_CONT + c for c in word[1:])] for word in kept]
+    weights = [counts[word] for word in kept]
+    pairs: Counter[tuple[str, str]] = Counter()
+    where: dict[tuple[str, str], set[int]] = {}
+    for index, word in enumerate(words):
+        _count_pairs(word, weights[index], index, pairs, where, sign=1)
+    heap = [(-n, pair) for pair, n in pairs.items()]
+    heapq.heapify(heap)
+    known = set(pieces)
+    while len(pieces) < vocab_size and heap:
+        negative, pair = heapq.heappop(heap)
+        if pairs.get(pair, 0) != -negative:
+            continue  # stale entry: the pair's count changed after it was pushed
+        if -negative < min_frequency:
+            break
+        merged = pair[0] + pair[1][len(_CONT):]
+        if merged not in known:
+            known.add(merged)
+            pieces.append(merged)
+        touched: set[tuple[str, str]] = set()
+        for index in sorted(where.pop(pair, ())):
+            touched |= _count_pairs(words[index], weights[index], index, pairs, where, sign=-1)
+            words[index] = _merge(words[index], pair, merged)
+            touched |= _count_pairs(words[index], weights[index], index, pairs, where, sign=1)
+        for changed in sorted(touched - {pair}):
+            if pairs.get(changed, 0) > 0:
+                heapq.heappush(heap, (-pairs[changed], changed))
+    return pieces[:vocab_size]
+
+
+def _count_pairs(word: list[str], weight: int, index: int, pairs: Counter[tuple[str, str]],
+                 where: dict[tuple[str, str], set[int]], *, sign: int) -> set[tuple[str, str]]:
+    """Add (``sign`` 1) or remove (-1) one word's adjacent pairs; return the pairs touched."""
+    touched = set(itertools.pairwise(word))
+    for pair in itertools.pairwise(word):
+        pairs[pair] += sign * weight
+    for pair in touched:
+        if sign > 0:
+            where.setdefault(pair, set()).add(index)
+        elif pairs[pair] <= 0:
+            del pairs[pair]
+    return touched
+
+
+def _merge(word: list[str], pair: tuple[str, str], merged: str) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
 
 
 def encoder_from_json(text: str, *, max_length: int) -> TextEncoder:

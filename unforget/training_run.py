@@ -26,6 +26,7 @@ from unforget.fileio import refuse_existing
 from unforget.ledger import entries_to_json, new_entry
 from unforget.loaders import make_loader, source
 from unforget.manifest import Manifest, canonical_ids, resolve_rows
+from unforget.methods.pgu_stats import compute_statistics, save_statistics, sidecar_path
 from unforget.progress import ProgressFn, silent
 from unforget.spec import RunSpec, relativise_data_path
 from unforget.train import TrainResult, fit
@@ -41,6 +42,7 @@ class TrainReport:
     train: Score
     heldout: Score
     result: TrainResult
+    statistics: Path | None = None  # the PGU sidecar, when written (--pgu-stats)
 
 
 def utc_now() -> str:
@@ -55,6 +57,7 @@ def train_checkpoint(
     force: bool = False,
     allow_plugin: bool = False,
     exclude: Manifest | None = None,
+    pgu_stats: bool = False,
     on_progress: ProgressFn = silent,
 ) -> TrainReport:
     """Train on the training split, evaluate, and write ``out`` with the spec embedded.
@@ -62,10 +65,16 @@ def train_checkpoint(
     With ``exclude`` the IDs of that manifest are left out (exact retraining without them); they
     are recorded in the new checkpoint's deletion ledger, so audits treat them as forgotten.
 
+    With ``pgu_stats`` the PGU statistics sidecar ``<out stem>.pgu.safetensors`` is written
+    too (one more forward pass over the training rows; see :mod:`unforget.methods.pgu_stats`).
+
     Raises:
-        OutputExistsError: ``out`` exists and ``force`` is off (checked before training).
+        OutputExistsError: ``out`` (or its sidecar) exists and ``force`` is off (checked
+            before training).
     """
     refuse_existing(out, force=force)
+    if pgu_stats:
+        refuse_existing(sidecar_path(out), force=force)
     train = load_split(spec.data, spec.data.train_split)
     heldout = load_split(spec.data, spec.data.heldout_split)
     if set(train.ids) & set(heldout.ids):
@@ -144,8 +153,30 @@ def train_checkpoint(
     if ledger:
         meta[KEY_LEDGER] = entries_to_json(ledger)
     sha = save_checkpoint(out, state_dict_cpu(model), metadata=meta, force=force)
+    statistics = None
+    if pgu_stats:
+        loader = make_loader(
+            source(train, all_rows, spec=spec.data, info=info, encoder=encoder),
+            batch_size=512,
+            shuffle=False,
+            seed=0,
+            device=precision.device,
+        )
+        statistics = sidecar_path(out)
+        save_statistics(
+            statistics,
+            compute_statistics(model, loader, precision),
+            metadata={"unforget.checkpoint_sha256": sha},
+            force=force,
+        )
     return TrainReport(
-        out=out, sha256=sha, spec=spec, train=scores[0], heldout=scores[1], result=result
+        out=out,
+        sha256=sha,
+        spec=spec,
+        train=scores[0],
+        heldout=scores[1],
+        result=result,
+        statistics=statistics,
     )
 
 

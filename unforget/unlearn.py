@@ -30,6 +30,8 @@ from unforget.loaders import make_loader, source
 from unforget.manifest import Manifest, read_manifest
 from unforget.methods import get_method, make_config
 from unforget.methods.base import GuardConfig, Outcome, UnlearnTask
+from unforget.methods.pgu import sidecar_update
+from unforget.methods.pgu_stats import save_statistics, sidecar_path
 from unforget.options import as_plain
 from unforget.progress import ProgressFn, silent
 from unforget.receipt import Provenance, Receipt, Snapshot
@@ -103,9 +105,12 @@ def apply(
         )
     refuse_existing(out, force=request.force)
     refuse_existing(receipt_path(out), force=request.force)
+    refuse_existing(sidecar_path(out), force=request.force)
     seed_everything(request.seed)
     task, evals = _task(ws, forget, request, precision, on_progress)
     before = _snapshot(task.model, ws, forget, evals, precision)
+    # PGU keeps its sidecar current: C^full − C^F, measured with the weights BEFORE the run.
+    statistics = sidecar_update(task) if request.method == "pgu" else None
     start = time.perf_counter()
     outcome: Outcome = method.run(task, config)
     seconds = time.perf_counter() - start
@@ -122,6 +127,7 @@ def apply(
         seconds,
         options=as_plain(config),
         precision=precision,
+        statistics=statistics,
     )
 
 
@@ -192,7 +198,7 @@ def _task(
 
 
 def _statistics_path(ckpt: Path) -> Path | None:
-    path = ckpt.with_name(f"{ckpt.stem}.pgu.safetensors")
+    path = sidecar_path(ckpt)
     return path if path.is_file() else None
 
 
@@ -238,6 +244,7 @@ def _write(
     *,
     options: dict[str, Any],
     precision: Precision,
+    statistics: dict[str, Any] | None = None,
 ) -> ApplyResult:
     import torch
 
@@ -284,6 +291,13 @@ def _write(
     sha = ckpt_io.save_checkpoint(
         out, ckpt_io.state_dict_cpu(outcome.model), metadata=metadata, force=request.force
     )
+    stats_path = sidecar_path(out)
+    if statistics is not None:
+        save_statistics(
+            stats_path, statistics, metadata={"unforget.checkpoint_sha256": sha}, force=True
+        )
+    else:  # never leave an older sidecar beside a new checkpoint (--force overwrite)
+        stats_path.unlink(missing_ok=True)
     names = ws.spec.class_names or ws.info.class_names
     receipt = Receipt(
         provenance=provenance,
@@ -304,5 +318,6 @@ def _write(
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             out.unlink()
+        stats_path.unlink(missing_ok=True)
         raise
     return ApplyResult(out=out, receipt_path=receipt_path(out), receipt=receipt)

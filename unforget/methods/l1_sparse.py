@@ -40,7 +40,7 @@ from unforget.methods.finetune import (
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class L1SparseConfig:
     """Options of ``l1-sparse``."""
 
     gamma: float = field(default=5e-4, metadata={"help": "initial ℓ1 weight γ (decays to 0)"})
@@ -72,9 +72,9 @@ class L1Sparse:
         paper="Jia et al., Model Sparsity Can Simplify Machine Unlearning, NeurIPS 2023, "
         "arXiv 2304.04934 (ℓ1-sparse MU)",
     )
-    Config: ClassVar[type] = Config
+    Config: ClassVar[type] = L1SparseConfig
 
-    def run(self, task: UnlearnTask, config: Config) -> Outcome:
+    def run(self, task: UnlearnTask, config: L1SparseConfig) -> Outcome:
         epochs = retain_epochs(task, config.epochs)
         steps = steps_for(task.retain, epochs)
         params = [p for p in task.model.parameters() if p.requires_grad]

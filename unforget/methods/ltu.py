@@ -1,51 +1,63 @@
 """LTU: Learning to Unlearn (Huang, Foo, Liu; arXiv 2407.10494, 2024).
 
-Idea (the paper's §3): treat unlearning as meta-learning, so that each forgetting step is
-chosen for how well it generalises — to forget samples it was not computed on, and to the
-retain knowledge measured on only a SMALL retain subset R̂ — and harmonise the forgetting and
-remembering gradients where they conflict. Each iteration has three phases:
+Idea (the paper's method section): treat unlearning as meta-learning, so that each forgetting
+step is chosen for how well it generalises — to forget samples it was not computed on, and to
+the retain knowledge seen through only a SMALL retain subset R̂ — and harmonise the forgetting
+and remembering gradients where they conflict. One iteration, in our notation (equation
+numbers are ours: the paper's are not quoted because its method section could not be checked
+against a stored copy):
 
-1. meta-tune: a virtual step on a forget (support) batch B_F,
-   ``θ' = θ − α ∇_θ L_mem(θ; B_F)``, computed with :func:`torch.func.functional_call` so that
-   ``θ'`` stays a differentiable function of ``θ``;
-2. meta-test: at ``θ'`` the remembering loss ``L_rem(θ') = CE on a batch of R̂`` and the
-   forgetting loss ``L_mem(θ'; B_F')`` on a query forget batch B_F' drawn from an independent
-   shuffle of F (a step is good when it also forgets samples it was not computed on);
-3. meta-update: ``g_f = ∇_θ [L_mem(θ; B_F) + L_mem(θ'; B_F')]`` (MLDG-style train + test
-   objective) and ``g_r = ∇_θ λ·L_rem(θ')``, both flowing through ``θ'`` — SECOND order by
-   default (exact; ``first_order=true`` drops the Hessian terms, as first-order MAML does,
-   for models where double backward is too costly); then Gradient Harmonization
-   (:func:`harmonize`) and one Adam step with the sum.
+    (1) meta-tune    θ' = θ − α ∇_θ L_mem(θ; B_F, V)                 virtual step, support B_F
+    (2) meta-test    L_rem(θ'; B_R̂)  and  L_mem(θ'; B_F', V)         query B_F', retain B_R̂
+    (3) meta-update  g_f = ∇_θ [L_mem(θ; B_F, V) + L_mem(θ'; B_F', V)],  g_r = ∇_θ λ·L_rem(θ')
+    (4) harmonise    (g_r', g_f') = harmonize(g_r, g_f);   θ ← θ − lr · (g_r' + g_f')
 
-The membership signal (our choice; the paper trains K differentiable membership-inference
-models on an audit set): ``L_mem`` is the distance between the distribution of the logit
-margins ``m = z_y − max_{j≠y} z_j`` of a forget batch and that of the held-out reference rows
-under the current model — sorted forget margins against reference quantiles at the same
-levels, Huber loss (δ = 1), reference side constant (re-measured every epoch). Why:
+``θ'`` is built with :func:`torch.func.functional_call` from a gradient taken with
+``create_graph=True``, so (3) is SECOND order (exact); ``first_order=true`` detaches it, as
+first-order MAML does, for models where double backward is too costly. The query batch B_F'
+comes from an independent shuffle of F (a step is good when it also forgets samples it was not
+computed on); (3) is MLDG-style (train + test objective). Gradient Harmonization (4) is
+:func:`harmonize` (PCGrad-style), exposed as a pure function on flat vectors.
 
-- when the two distributions match, no threshold attack on the margin (or on loss or
-  confidence, its near-monotone cousins) tells forget from held-out rows: it is the quantity
-  the audit tests, without training attackers (no shadow data, no attacker variance);
-- the margin does not saturate like ``p_y`` (gradient ±1 per logit) and ``m > 0`` exactly when
-  the prediction is right, so matching margins drives forget accuracy to the held-out level,
-  the same target the stop rule uses;
-- it is self-limiting (it pulls margins up as well as down, so it cannot run away) and robust
-  to heavy tails (quantiles are paired, Huber caps each sample's pull).
+Choices where the paper leaves room, and why:
 
-Other choices: R̂ = ``retain_fraction`` (10 %) of R, at most ``retain_cap`` rows, drawn with the
-run's seed; ``α`` = 0.1; Adam lr 1e-3 (scale-free across models, as ∇τ uses); length at most
-``budget·|R|/|F|`` forget epochs (capped), stopped once forget accuracy reaches the held-out
-reference accuracy, keeping the closer of the last two epochs (:class:`ReferenceStop`).
-Mixed precision: bf16 autocast where the device has it; on fp16-only GPUs the run is fp32,
-since loss scaling through a virtual step is fragile.
+- Membership signal (the paper trains K differentiable membership-inference models on an
+  audit set): ``L_mem`` is the distance between the logit margins ``m = z_y − max_{j≠y} z_j``
+  of a forget batch and those of a batch V of held-out reference rows under the CURRENT model
+  (no gradient through V, re-measured every step): sorted forget margins against the
+  reference quantiles at the same levels, Huber loss (δ = ``huber_delta``). When the two
+  distributions match, no threshold attack on the margin (or on loss or confidence, its
+  near-monotone cousins) tells forget from held-out rows — the quantity the audit tests —
+  without training attackers (no shadow data, no attacker variance). The margin does not
+  saturate like ``p_y``, and ``m > 0`` exactly when the prediction is right, so matching
+  margins drives forget accuracy to the held-out level, the stop rule's target. It pulls
+  margins up as well as down (it cannot run away) and is robust to heavy tails (quantiles are
+  paired, Huber caps each sample's pull).
+- Remembering loss: KL from the ORIGINAL model's predictions on R̂ (``remember="ce"`` for
+  cross-entropy on labels). Near a memorising optimum the cross-entropy gradient on retained
+  rows vanishes, while KL keeps the retained function where it was.
+- R̂ = ``retain_fraction`` (10 %) of R, at most ``retain_cap`` rows, drawn with the run's seed.
+- Step sizes in units of curvature (measured: a fixed α = 0.1 made ``(I − α∇²L_mem)`` amplify
+  the meta-gradient 30-fold and wrecked the model in five steps): ``λ_max`` of ``∇²L_mem`` is
+  estimated by power iteration on one forget batch and ``α = inner_scale/λ_max``; the SGD lr
+  of (4) is calibrated on the first step so the update moves θ by ``relative_step`` of ‖θ‖,
+  and never exceeds ``lr_scale/λ_max(∇²(L_mem + λ·L_rem))`` (plain gradient descent is stable
+  below 2/λ_max). Plain SGD keeps (4)'s direction: Adam would re-scale it per coordinate.
+- Length and stop: at most ``⌊budget·|R|/|F|⌋`` forget epochs (capped); after each, forget
+  accuracy is compared with reference accuracy (:class:`~unforget.methods.pgu.ReferenceStop`:
+  stop once it is at or below, keeping the closer of the last two epochs, or once reference
+  accuracy has fallen ``max_reference_drop`` below its start).
+- Mixed precision: bf16 autocast where the device has it; on fp16-only GPUs the run is fp32,
+  since loss scaling through a virtual step is fragile.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sized
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -53,9 +65,10 @@ from torch import nn
 from torch.func import functional_call
 
 from unforget.device import Precision
+from unforget.errors import InputError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, weights_differ
-from unforget.methods.pgu import ReferenceStop
+from unforget.methods.pgu import ReferenceStop, calibrated_lr
 from unforget.progress import Tick
 
 
@@ -63,8 +76,9 @@ from unforget.progress import Tick
 class LtuConfig:
     """Options of ``ltu`` (``--set key=value``)."""
 
-    lr: float | None = None  # SGD lr of the meta-update; None: lr_scale / λ_max
-    lr_scale: float = 1.0  # calibrated lr as a share of 1/λ_max (plain GD is stable below 2)
+    lr: float | None = None  # SGD lr of the meta-update; None: calibrated, see below
+    relative_step: float = 0.002  # calibrated lr: first update moves θ by this share of ‖θ‖
+    lr_scale: float = 1.0  # ... and never exceeds lr_scale / λ_max(∇²(L_mem + λ·L_rem))
     inner_lr: float | None = None  # α of the virtual step; None: inner_scale / λ_max
     inner_scale: float = 0.1  # calibrated α as a share of the inner problem's 1/λ_max
     power_iterations: int = 10  # Hessian-vector products to estimate λ_max
@@ -74,12 +88,13 @@ class LtuConfig:
     retain_cap: int = 5000  # rows: upper bound on |R̂|
     huber_delta: float = 1.0  # logits: Huber threshold of the margin matching
     first_order: bool = False  # drop second-order terms through θ' (cheaper, approximate)
-    budget: float = 0.5  # forget epochs = ⌊budget·|R|/|F|⌋, capped by max_epochs
-    max_epochs: int = 20
+    budget: float = 1.0  # forget epochs = ⌊budget·|R|/|F|⌋, capped by max_epochs
+    max_epochs: int = 30
+    max_reference_drop: float = 0.03  # stop if reference accuracy falls this far below start
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("lr_scale", "inner_scale", "huber_delta", "budget"):
+        for name in ("relative_step", "lr_scale", "inner_scale", "huber_delta", "budget"):
             if getattr(self, name) <= 0.0:
                 problems.append(f"{name} must be > 0")
         if self.lr is not None and self.lr <= 0.0:
@@ -96,6 +111,8 @@ class LtuConfig:
             problems.append("retain_cap must be >= 1")
         if self.max_epochs < 1:
             problems.append("max_epochs must be >= 1")
+        if not 0.0 < self.max_reference_drop <= 1.0:
+            problems.append("max_reference_drop must be in (0, 1]")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -110,15 +127,16 @@ def harmonize(g_r: torch.Tensor, g_f: torch.Tensor) -> tuple[torch.Tensor, torch
 
     so ``g_f'·g_r = g_r'·g_f = 0``, and the sum ``g_r' + g_f'`` has a non-negative inner product
     with both originals (``g_r'·g_r ≥ 0`` by Cauchy–Schwarz). Otherwise both are unchanged.
-    Coefficients are computed in float64.
+    The projections are computed in float64 and returned in the inputs' dtype.
     """
-    dot = torch.dot(g_r.double(), g_f.double())
+    r, f = g_r.double(), g_f.double()
+    dot = torch.dot(r, f)
     if dot >= 0:
         return g_r, g_f
     tiny = torch.finfo(torch.float64).tiny
-    f_on_r = (dot / torch.dot(g_r.double(), g_r.double()).clamp_min(tiny)).to(g_f.dtype)
-    r_on_f = (dot / torch.dot(g_f.double(), g_f.double()).clamp_min(tiny)).to(g_r.dtype)
-    return g_r - r_on_f * g_f, g_f - f_on_r * g_r
+    r_new = r - dot / torch.dot(f, f).clamp_min(tiny) * f
+    f_new = f - dot / torch.dot(r, r).clamp_min(tiny) * r
+    return r_new.to(g_r.dtype), f_new.to(g_f.dtype)
 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -129,8 +147,9 @@ def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - others.max(dim=1).values
 
 
-def membership_gap(forget_margins: torch.Tensor, reference: torch.Tensor, *,
-                   delta: float) -> torch.Tensor:
+def membership_gap(
+    forget_margins: torch.Tensor, reference: torch.Tensor, *, delta: float
+) -> torch.Tensor:
     """Huber distance between sorted forget margins and the reference quantiles at the same
     levels ``(i + ½)/n``; ``reference`` is a sorted constant (no gradient)."""
     n = forget_margins.shape[0]
@@ -138,17 +157,6 @@ def membership_gap(forget_margins: torch.Tensor, reference: torch.Tensor, *,
     target = torch.quantile(reference, levels)
     ordered = torch.sort(forget_margins).values
     return nn.functional.huber_loss(ordered, target, delta=delta)
-
-
-@torch.no_grad()
-def reference_margins(model: nn.Module, loader: Loader, precision: Precision) -> torch.Tensor:
-    """Sorted margins of the current model on the reference rows (eval mode)."""
-    out = []
-    for batch in loader:
-        x, y = device_batch(batch, precision)
-        with autocast(precision):
-            out.append(margins(model(x), y))
-    return torch.sort(torch.cat(out)).values
 
 
 def autocast(precision: Precision) -> Any:
@@ -161,9 +169,10 @@ def autocast(precision: Precision) -> Any:
 def retain_subset(task: UnlearnTask, *, fraction: float, cap: int) -> Loader:
     """A shuffled loader over ``min(cap, ⌈fraction·|R|⌉)`` retain rows drawn with the seed."""
     dataset = task.retain.dataset
-    size = max(1, min(cap, math.ceil(fraction * len(dataset)), len(dataset)))
+    total = len(cast(Sized, dataset))
+    size = max(1, min(cap, math.ceil(fraction * total), total))
     rng = np.random.default_rng(task.seed)
-    rows = np.sort(rng.choice(len(dataset), size=size, replace=False)).tolist()
+    rows = np.sort(rng.choice(total, size=size, replace=False)).tolist()
     return torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, rows),
         batch_size=task.retain.batch_size,
@@ -175,8 +184,12 @@ def retain_subset(task: UnlearnTask, *, fraction: float, cap: int) -> Loader:
 
 
 def flat(grads: tuple[torch.Tensor | None, ...], params: list[nn.Parameter]) -> torch.Tensor:
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                      for g, p in zip(grads, params, strict=True)])
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
 
 
 class Ltu:
@@ -185,66 +198,90 @@ class Ltu:
         summary="Meta-learned forgetting steps on a small retain subset, harmonised gradients",
         needs=("forget", "retain", "reference"),
         paper="Huang, Foo, Liu. Learning to Unlearn for Robust Machine Unlearning. "
-              "arXiv 2407.10494 (2024)",
+        "arXiv 2407.10494 (2024)",
     )
     Config: ClassVar[type] = LtuConfig
 
     def run(self, task: UnlearnTask, config: LtuConfig) -> Outcome:
-        model, precision = task.model, task.precision
+        model = task.model
         freeze_batchnorm(model)
         before = copy.deepcopy(model.state_dict())
         subset = retain_subset(task, fraction=config.retain_fraction, cap=config.retain_cap)
-        stop = ReferenceStop(model, task)
-        details: dict[str, Any] = {"retain_subset": len(subset.dataset),
-                                   "order": "first" if config.first_order else "second",
-                                   "conflicts": 0}
-        steps, reached = 0, stop.measure(0)
-        if not reached:
-            steps, reached = _meta_loop(task, config, subset, stop, details)
+        stop = ReferenceStop(model, task, max_drop=config.max_reference_drop)
+        details: dict[str, Any] = {
+            "retain_subset": len(cast(Sized, subset.dataset)),
+            "order": "first" if config.first_order else "second",
+            "conflicts": 0,
+        }
+        steps = 0
+        if not stop.measure(0):
+            steps = _meta_loop(task, config, subset, stop, details)
         details.update(history=stop.history, kept_epoch=stop.kept_epoch)
-        return Outcome(model=model, steps=steps, stop_reason=stop.reason(reached=reached),
-                       details=details, weights_changed=weights_differ(before, model.state_dict()))
+        return Outcome(
+            model=model,
+            steps=steps,
+            stop_reason=stop.reason(),
+            details=details,
+            weights_changed=weights_differ(before, model.state_dict()),
+        )
 
 
-def _meta_loop(task: UnlearnTask, config: LtuConfig, subset: Loader, stop: ReferenceStop,
-               details: dict[str, Any]) -> tuple[int, bool]:
-    """Meta-tune / meta-test / meta-update over forget epochs; returns (steps, reached)."""
+def _meta_loop(
+    task: UnlearnTask,
+    config: LtuConfig,
+    subset: Loader,
+    stop: ReferenceStop,
+    details: dict[str, Any],
+) -> int:
+    """Meta-tune / meta-test / meta-update over forget epochs; returns the steps taken."""
     model, precision = task.model, task.precision
     meta = MetaStep.create(model, config, precision)
     retain_it, query_it = cycle(subset), cycle(task.forget)
+    if task.reference is None:
+        raise InputError("ltu needs held-out reference rows (data.reference_fraction)")
     reference_it = cycle(task.reference)
-    lr = config.lr
-    if lr is None or meta.inner_lr is None:
-        curvature = meta.curvature(device_batch(next(query_it), precision),
-                                   device_batch(next(reference_it), precision))
-        lr = lr if lr is not None else config.lr_scale / curvature
-        meta.inner_lr = meta.inner_lr or config.inner_scale / curvature
-        details["curvature"] = curvature
-    details.update(lr=lr, inner_lr=meta.inner_lr)
-    optimizer = torch.optim.SGD(meta.params, lr=lr)
+    forget0, reference0 = (
+        device_batch(next(query_it), precision),
+        device_batch(next(reference_it), precision),
+    )
+    curvature_f = meta.curvature(forget0, reference0)
+    curvature_t = meta.curvature(forget0, reference0, device_batch(next(retain_it), precision))
+    meta.inner_lr = config.inner_lr or config.inner_scale / curvature_f
+    lr, stable_lr = config.lr, config.lr_scale / curvature_t
+    details.update(
+        curvature_forget=curvature_f, curvature_total=curvature_t, inner_lr=meta.inner_lr
+    )
+    optimizer = torch.optim.SGD(meta.params, lr=lr or 0.0)
     guard = Guard(model, task.retain_eval, precision, task.guard)
     guard.start()
-    epochs = max(1, min(config.max_epochs, math.floor(config.budget * task.n_retain
-                                                       / max(task.n_forget, 1))))
+    epochs = max(
+        1, min(config.max_epochs, math.floor(config.budget * task.n_retain / max(task.n_forget, 1)))
+    )
     total = epochs * len(task.forget)
     step = 0
     for epoch in range(1, epochs + 1):
         for batch in task.forget:
             g_r, g_f, value = meta.gradients(
-                device_batch(batch, precision), device_batch(next(query_it), precision),
+                device_batch(batch, precision),
+                device_batch(next(query_it), precision),
                 device_batch(next(retain_it), precision),
-                device_batch(next(reference_it), precision))
+                device_batch(next(reference_it), precision),
+            )
             details["conflicts"] += int(torch.dot(g_r, g_f) < 0)
             r, f = harmonize(g_r, g_f)
             set_grads(meta.params, r + f)
+            if lr is None:
+                relative = calibrated_lr(meta.params, config.relative_step)
+                lr = min(relative, stable_lr) if relative is not None else None
+                optimizer.param_groups[0]["lr"] = details["lr"] = lr or 0.0
             optimizer.step()
             step += 1
             guard.check_loss(value, step=step, method="ltu")
             guard.check(step=step, method="ltu")
             task.on_progress(Tick("ltu", step, total, {"loss": value}))
         if stop.measure(epoch):
-            return step, True
-    return step, False
+            break
+    return step
 
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -266,12 +303,19 @@ class MetaStep:
     def create(cls, model: nn.Module, config: LtuConfig, precision: Precision) -> MetaStep:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
-        return cls(model=model, teacher=teacher, names=[n for n, _ in named],
-                   params=[p for _, p in named], config=config, precision=precision,
-                   inner_lr=config.inner_lr)
+        return cls(
+            model=model,
+            teacher=teacher,
+            names=[n for n, _ in named],
+            params=[p for _, p in named],
+            config=config,
+            precision=precision,
+            inner_lr=config.inner_lr,
+        )
 
-    def forgetting(self, logits: torch.Tensor, y: torch.Tensor,
-                   reference: torch.Tensor) -> torch.Tensor:
+    def forgetting(
+        self, logits: torch.Tensor, y: torch.Tensor, reference: torch.Tensor
+    ) -> torch.Tensor:
         return membership_gap(margins(logits, y), reference, delta=self.config.huber_delta)
 
     def remembering(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -279,14 +323,20 @@ class MetaStep:
             return nn.functional.cross_entropy(logits.float(), y)
         with torch.no_grad():
             target = torch.log_softmax(self.teacher(x).float(), dim=1)
-        return nn.functional.kl_div(torch.log_softmax(logits.float(), dim=1), target,
-                                    log_target=True, reduction="batchmean")
+        return nn.functional.kl_div(
+            torch.log_softmax(logits.float(), dim=1), target, log_target=True, reduction="batchmean"
+        )
 
-    def curvature(self, forget: Pair, reference: Pair) -> float:
-        """λ_max of the forgetting loss's Hessian on one forget batch (power iteration)."""
+    def curvature(self, forget: Pair, reference: Pair, retain: Pair | None = None) -> float:
+        """λ_max of the Hessian of the forgetting loss on one forget batch, plus ``λ`` times
+        the remembering loss on ``retain`` when given (power iteration, at θ)."""
         with autocast(self.precision):
             target = self.reference(reference)
             loss = self.forgetting(self.model(forget[0]), forget[1], target)
+            if retain is not None:
+                loss = loss + self.config.remember_weight * self.remembering(
+                    self.model(retain[0]), retain[0], retain[1]
+                )
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         top = top_eigenvalue(grads, self.params, iterations=self.config.power_iterations)
         return max(top, 1e-6)
@@ -295,30 +345,41 @@ class MetaStep:
     def reference(self, batch: Pair) -> torch.Tensor:
         return torch.sort(margins(self.model(batch[0]), batch[1])).values
 
-    def gradients(self, support: Pair, query: Pair, retain: Pair,
-                  reference: Pair) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def gradients(
+        self, support: Pair, query: Pair, retain: Pair, reference: Pair
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """``(g_r, g_f, loss)``: flat remembering and forgetting meta-gradients."""
         alpha, order2 = float(self.inner_lr or 0.0), not self.config.first_order
         with autocast(self.precision):
             target = self.reference(reference)
             tune = self.forgetting(self.model(support[0]), support[1], target)
-            inner = torch.autograd.grad(tune, self.params, allow_unused=True,
-                                        retain_graph=True, create_graph=order2)
-            fast = {n: p if g is None else p - alpha * g
-                    for n, p, g in zip(self.names, self.params, inner, strict=True)}
-            test = self.forgetting(functional_call(self.model, fast, (query[0],)), query[1],
-                                   target)
-            remember = self.remembering(functional_call(self.model, fast, (retain[0],)),
-                                        retain[0], retain[1])
-        g_f = flat(torch.autograd.grad(tune + test, self.params, retain_graph=True,
-                                       allow_unused=True), self.params)
-        g_r = flat(torch.autograd.grad(self.config.remember_weight * remember, self.params,
-                                       allow_unused=True), self.params)
+            inner = torch.autograd.grad(
+                tune, self.params, allow_unused=True, retain_graph=True, create_graph=order2
+            )
+            fast = {
+                n: p if g is None else p - alpha * g
+                for n, p, g in zip(self.names, self.params, inner, strict=True)
+            }
+            test = self.forgetting(functional_call(self.model, fast, (query[0],)), query[1], target)
+            remember = self.remembering(
+                functional_call(self.model, fast, (retain[0],)), retain[0], retain[1]
+            )
+        g_f = flat(
+            torch.autograd.grad(tune + test, self.params, retain_graph=True, allow_unused=True),
+            self.params,
+        )
+        g_r = flat(
+            torch.autograd.grad(
+                self.config.remember_weight * remember, self.params, allow_unused=True
+            ),
+            self.params,
+        )
         return g_r, g_f, float((tune + test + remember).detach())
 
 
-def top_eigenvalue(grads: tuple[torch.Tensor | None, ...], params: list[nn.Parameter], *,
-                   iterations: int) -> float:
+def top_eigenvalue(
+    grads: tuple[torch.Tensor | None, ...], params: list[nn.Parameter], *, iterations: int
+) -> float:
     """Largest |eigenvalue| of the Hessian behind ``grads`` (built with create_graph) by power
     iteration on Hessian-vector products; 0 when the gradient does not depend on ``params``."""
     pairs = [(g, p) for g, p in zip(grads, params, strict=True) if g is not None]
@@ -327,11 +388,18 @@ def top_eigenvalue(grads: tuple[torch.Tensor | None, ...], params: list[nn.Param
     vector = [torch.randn_like(p) for _, p in pairs]
     value = 0.0
     for _ in range(iterations):
-        norm = torch.sqrt(sum((v * v).sum() for v in vector))
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in vector]))
         vector = [v / norm for v in vector]
-        hvp = torch.autograd.grad([g for g, _ in pairs], [p for _, p in pairs],
-                                  grad_outputs=vector, retain_graph=True, allow_unused=True)
-        hvp = [h if h is not None else torch.zeros_like(v) for h, v in zip(hvp, vector, strict=True)]
+        hvp = torch.autograd.grad(
+            [g for g, _ in pairs],
+            [p for _, p in pairs],
+            grad_outputs=vector,
+            retain_graph=True,
+            allow_unused=True,
+        )
+        hvp = tuple(
+            h if h is not None else torch.zeros_like(v) for h, v in zip(hvp, vector, strict=True)
+        )
         value = float(sum((h * v).sum() for h, v in zip(hvp, vector, strict=True)))
         vector = [h.detach() for h in hvp]
     return abs(value)
@@ -341,7 +409,7 @@ def set_grads(params: list[nn.Parameter], vector: torch.Tensor) -> None:
     """Write a flat gradient back into ``p.grad`` of each parameter (inverse of :func:`flat`)."""
     offset = 0
     for p in params:
-        p.grad = vector[offset:offset + p.numel()].reshape(p.shape).clone()
+        p.grad = vector[offset : offset + p.numel()].reshape(p.shape).clone()
         offset += p.numel()
 
 

@@ -1,36 +1,42 @@
 """LUR: Learning to Unlearn while Retaining (Patel, Qiu; arXiv 2503.06339, 2025).
 
-Idea (the paper's §3): take a look-ahead step on the unlearning objective, evaluate the
-retention loss AT the looked-ahead parameters, and update with the gradient of the sum::
+Idea (the paper's method section): take a look-ahead step on the unlearning objective,
+evaluate the retention loss AT the looked-ahead parameters, and update with the gradient of
+the sum. In our notation (equation numbers are ours: the paper's are not quoted because its
+method section could not be checked against a stored copy)::
 
-    θ' = θ − η_in ∇_θ L_F(θ)                                        (look-ahead)
-    total(θ) = L_F(θ) + λ · L_R(θ'(θ))                              (objective)
+    (1) θ' = θ − η_in ∇_θ L_F(θ)                                    look-ahead
+    (2) total(θ) = L_F(θ) + λ · L_R(θ'(θ))                          objective
+    (3) L_R(θ') ≈ L_R(θ) − η_in ∇L_R·∇L_F                           first order in η_in
 
-To first order ``L_R(θ') ≈ L_R(θ) − η_in ∇L_R·∇L_F``, so minimising ``total`` also rewards
-forget and retain gradients that agree: an implicit regulariser against gradient conflict,
-without an explicit projection (cheaper in memory and time than projection methods).
+By (3), minimising (2) also rewards forget and retain gradients that agree: an implicit
+regulariser against gradient conflict, without an explicit projection (cheaper in memory and
+time than projection methods such as ``ltu``'s harmonisation or ``pgu``).
 
 Choices where the paper leaves them open, and why:
 
-- ``L_F`` is the random-label loss: cross-entropy to a uniformly drawn WRONG class, re-drawn
-  every step (SalUn's RL objective). It is bounded below, so unlike negated cross-entropy it
-  cannot run away, and it moves forget predictions to other classes instead of merely
-  flattening them.
+- ``L_F`` is the random-label loss: cross-entropy to a WRONG class, one per forget row (a hash
+  of row and seed; ``fixed_labels=false`` re-draws them every step), as in SalUn's RL
+  objective. It is bounded below, so unlike negated cross-entropy it cannot run away.
 - SECOND order by default: ``θ'`` is built with :func:`torch.func.functional_call` from a
-  gradient taken with ``create_graph=True``, and ``total.backward()`` differentiates through
-  it. The regulariser above lives in the ``−η_in ∇L_R·∇L_F`` term whose gradient needs the
-  Hessian-vector products, so a first-order version (``first_order=true``: ``θ'`` uses a
-  detached gradient) keeps only the look-ahead evaluation point; offered for models where
-  double backward is too costly.
-- Step sizes in units of curvature: ``λ_max`` of ``∇²L_F`` on one forget batch is estimated by
-  power iteration; ``η_in = inner_scale/λ_max`` keeps the look-ahead well inside the stable
-  region (beyond it ``(I − η_in ∇²L_F)`` amplifies instead of regularising), and the SGD lr of
-  the outer update is ``lr_scale/λ_max`` (plain gradient descent is stable below 2/λ_max).
-  Either can be fixed instead (``inner_lr``, ``lr``). ``λ`` = 1.
-- ``L_R`` is cross-entropy on a retain batch (each forget batch paired with the next one).
-- Stop: once forget accuracy (checked every forget epoch) reaches the held-out reference
-  accuracy, keeping the closer of the last two epochs (:class:`ReferenceStop`); at most
-  ``⌊budget·|R|/|F|⌋`` forget epochs (capped).
+  gradient taken with ``create_graph=True`` and ``total.backward()`` differentiates through
+  it. The regulariser of (3) is the ``−η_in ∇L_R·∇L_F`` term, whose gradient needs the
+  Hessian-vector products ``∇²L_F ∇L_R`` and ``∇²L_R ∇L_F``; a first-order version
+  (``first_order=true``: ``θ'`` from a detached gradient) keeps only the look-ahead point, and
+  is offered for models where double backward is too costly.
+- Step sizes from the model, not per data set: ``λ_max`` of ``∇²L_F`` on one forget batch is
+  estimated by power iteration and ``η_in = inner_scale/λ_max`` keeps the look-ahead well
+  inside the stable region (beyond it ``(I − η_in ∇²L_F)`` amplifies instead of
+  regularising). The SGD lr of the update is calibrated on the first step so the update moves
+  θ by ``relative_step`` of ‖θ‖, and never exceeds ``lr_scale/λ_max(∇²(L_F + λ·L_R))``
+  (curvature alone misleads at a memorising optimum, where the saturated softmax makes it
+  tiny while random-label gradients are large). Either can be fixed (``inner_lr``, ``lr``).
+- ``L_R`` is cross-entropy on a retain batch (each forget batch paired with the next one);
+  ``λ`` = ``retain_weight`` = 1.
+- Length and stop: at most ``⌊budget·|R|/|F|⌋`` forget epochs (capped); after each, forget
+  accuracy is compared with reference accuracy (:class:`~unforget.methods.pgu.ReferenceStop`:
+  stop once it is at or below, keeping the closer of the last two epochs, or once reference
+  accuracy has fallen ``max_reference_drop`` below its start).
 - Mixed precision: bf16 autocast where available; fp16-only GPUs run in fp32 (loss scaling
   through a look-ahead step is fragile).
 """
@@ -46,6 +52,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from unforget.device import Precision
+from unforget.errors import InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, weights_differ
 from unforget.methods.ltu import autocast, top_eigenvalue
@@ -59,18 +67,20 @@ class LurConfig:
 
     lr: float | None = None  # SGD lr of the outer update; None: calibrated by relative_step
     relative_step: float = 0.002  # calibrated lr: first update moves θ by this share of ‖θ‖
+    lr_scale: float = 1.0  # ... and never exceeds lr_scale / λ_max(∇²(L_F + λ·L_R))
     inner_lr: float | None = None  # η_in of the look-ahead; None: inner_scale / λ_max
     inner_scale: float = 0.1  # calibrated η_in as a share of 1/λ_max
     retain_weight: float = 1.0  # λ: weight of the retention loss at θ'
     power_iterations: int = 10  # Hessian-vector products to estimate λ_max
     fixed_labels: bool = True  # one wrong label per forget row (else re-drawn every step)
     first_order: bool = False  # detach the look-ahead gradient (cheaper, drops the regulariser)
-    budget: float = 0.5  # forget epochs = ⌊budget·|R|/|F|⌋, capped by max_epochs
-    max_epochs: int = 20
+    budget: float = 1.0  # forget epochs = ⌊budget·|R|/|F|⌋, capped by max_epochs
+    max_epochs: int = 30
+    max_reference_drop: float = 0.03  # stop if reference accuracy falls this far below start
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("relative_step", "inner_scale", "budget"):
+        for name in ("relative_step", "lr_scale", "inner_scale", "budget"):
             if getattr(self, name) <= 0.0:
                 problems.append(f"{name} must be > 0")
         for name in ("lr", "inner_lr"):
@@ -83,48 +93,72 @@ class LurConfig:
             problems.append("power_iterations must be >= 1")
         if self.max_epochs < 1:
             problems.append("max_epochs must be >= 1")
+        if not 0.0 < self.max_reference_drop <= 1.0:
+            problems.append("max_reference_drop must be in (0, 1]")
         if problems:
             raise ValueError("; ".join(problems))
 
 
-def random_wrong_labels(y: torch.Tensor, num_classes: int,
-                        generator: torch.Generator) -> torch.Tensor:
+def random_wrong_labels(
+    y: torch.Tensor, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
     """A uniformly drawn class different from ``y`` for every row (needs ≥ 2 classes)."""
     shift = torch.randint(1, num_classes, y.shape, generator=generator).to(y.device)
     return (y + shift) % num_classes
 
 
-def fixed_wrong_labels(y: torch.Tensor, rows: torch.Tensor, num_classes: int, *,
-                       seed: int) -> torch.Tensor:
+def fixed_wrong_labels(
+    y: torch.Tensor, rows: torch.Tensor, num_classes: int, *, seed: int
+) -> torch.Tensor:
     """A wrong class per training row, the same every time the row is drawn (a hash of row
     and seed picks the shift 1..C−1)."""
     mixed = (rows * 2654435761 + seed * 40503) % 4294967291
     return (y + 1 + mixed % (num_classes - 1)) % num_classes
 
 
-def look_ahead(model: nn.Module, params: dict[str, nn.Parameter], forget_loss: torch.Tensor, *,
-               step: float, create_graph: bool) -> dict[str, torch.Tensor]:
+def look_ahead(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    forget_loss: torch.Tensor,
+    *,
+    step: float,
+    create_graph: bool,
+) -> dict[str, torch.Tensor]:
     """``θ' = θ − step · ∇_θ L_F`` as a name -> tensor dict for ``functional_call``.
 
     With ``create_graph`` the gradient keeps its graph, so ``θ'`` is differentiable in ``θ``
     to second order; otherwise it is detached (``∂θ'/∂θ = I``).
     """
-    grads = torch.autograd.grad(forget_loss, list(params.values()), allow_unused=True,
-                                retain_graph=True, create_graph=create_graph)
-    return {name: p if g is None else p - step * g
-            for (name, p), g in zip(params.items(), grads, strict=True)}
+    grads = torch.autograd.grad(
+        forget_loss,
+        list(params.values()),
+        allow_unused=True,
+        retain_graph=True,
+        create_graph=create_graph,
+    )
+    return {
+        name: p if g is None else p - step * g
+        for (name, p), g in zip(params.items(), grads, strict=True)
+    }
 
 
-def lur_objective(model: nn.Module, params: dict[str, nn.Parameter], forget: tuple[
-        torch.Tensor, torch.Tensor], retain: tuple[torch.Tensor, torch.Tensor], *,
-        inner_lr: float, retain_weight: float, create_graph: bool) -> tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor]:
+def lur_objective(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    forget: tuple[torch.Tensor, torch.Tensor],
+    retain: tuple[torch.Tensor, torch.Tensor],
+    *,
+    inner_lr: float,
+    retain_weight: float,
+    create_graph: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(total, L_F(θ), L_R(θ'))`` for one forget batch (with its target labels) and one
     retain batch; ``total`` backpropagates through the look-ahead."""
     forget_loss = nn.functional.cross_entropy(model(forget[0]).float(), forget[1])
     fast = look_ahead(model, params, forget_loss, step=inner_lr, create_graph=create_graph)
     retain_loss = nn.functional.cross_entropy(
-        functional_call(model, fast, (retain[0],)).float(), retain[1])
+        functional_call(model, fast, (retain[0],)).float(), retain[1]
+    )
     return forget_loss + retain_weight * retain_loss, forget_loss, retain_loss
 
 
@@ -134,7 +168,7 @@ class Lur:
         summary="Random-label forgetting with the retain loss taken after a look-ahead step",
         needs=("forget", "retain", "reference"),
         paper="Patel, Qiu. Learning to Unlearn while Retaining: Combating Gradient Conflicts "
-              "in Machine Unlearning. arXiv 2503.06339 (2025)",
+        "in Machine Unlearning. arXiv 2503.06339 (2025)",
     )
     Config: ClassVar[type] = LurConfig
 
@@ -142,20 +176,28 @@ class Lur:
         model = task.model
         freeze_batchnorm(model)
         before = copy.deepcopy(model.state_dict())
-        stop = ReferenceStop(model, task)
-        details: dict[str, Any] = {"order": "first" if config.first_order else "second",
-                                   "forget_loss": "random-label"}
-        steps, reached = 0, stop.measure(0)
-        if not reached:
-            steps, reached = _loop(task, config, stop, details)
+        stop = ReferenceStop(model, task, max_drop=config.max_reference_drop)
+        details: dict[str, Any] = {
+            "order": "first" if config.first_order else "second",
+            "forget_loss": "random-label",
+        }
+        steps = 0
+        if not stop.measure(0):
+            steps = _loop(task, config, stop, details)
         details.update(history=stop.history, kept_epoch=stop.kept_epoch)
-        return Outcome(model=model, steps=steps, stop_reason=stop.reason(reached=reached),
-                       details=details, weights_changed=weights_differ(before, model.state_dict()))
+        return Outcome(
+            model=model,
+            steps=steps,
+            stop_reason=stop.reason(),
+            details=details,
+            weights_changed=weights_differ(before, model.state_dict()),
+        )
 
 
-def _loop(task: UnlearnTask, config: LurConfig, stop: ReferenceStop,
-          details: dict[str, Any]) -> tuple[int, bool]:
-    """Look-ahead steps over forget epochs with the stop rule; returns (steps, reached)."""
+def _loop(
+    task: UnlearnTask, config: LurConfig, stop: ReferenceStop, details: dict[str, Any]
+) -> int:
+    """Look-ahead steps over forget epochs with the stop rule; returns the steps taken."""
     model, precision = task.model, task.precision
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     generator = torch.Generator().manual_seed(task.seed)
@@ -163,6 +205,8 @@ def _loop(task: UnlearnTask, config: LurConfig, stop: ReferenceStop,
     x, _ = device_batch(next(cycle(task.forget_eval)), precision)
     with torch.no_grad(), autocast(precision):
         classes = int(model(x[:1]).shape[1])
+    if classes < 2:
+        raise InputError("lur: random-label forgetting needs a model with at least 2 classes")
 
     def forget_batch() -> tuple[torch.Tensor, torch.Tensor]:
         batch = next(forget_it)
@@ -171,54 +215,71 @@ def _loop(task: UnlearnTask, config: LurConfig, stop: ReferenceStop,
             return x, fixed_wrong_labels(y, batch[2].to(y.device), classes, seed=task.seed)
         return x, random_wrong_labels(y, classes, generator)
 
-    inner_lr = config.inner_lr
-    if inner_lr is None:
-        curvature = _curvature(model, params, forget_batch(), config, precision)
-        inner_lr = config.inner_scale / curvature
-        details["curvature"] = curvature
-    details["inner_lr"] = inner_lr
-    lr = config.lr
+    forget0, retain0 = forget_batch(), device_batch(next(retain_it), precision)
+    curvature_f = _curvature(model, params, (forget0,), config, precision)
+    curvature_t = _curvature(model, params, (forget0, retain0), config, precision)
+    inner_lr = config.inner_lr or config.inner_scale / curvature_f
+    lr, stable_lr = config.lr, config.lr_scale / curvature_t
+    details.update(curvature_forget=curvature_f, curvature_total=curvature_t, inner_lr=inner_lr)
     optimizer = torch.optim.SGD(list(params.values()), lr=lr or 0.0)
     guard = Guard(model, task.retain_eval, precision, task.guard)
     guard.start()
-    epochs = max(1, min(config.max_epochs, math.floor(config.budget * task.n_retain
-                                                       / max(task.n_forget, 1))))
+    epochs = max(
+        1, min(config.max_epochs, math.floor(config.budget * task.n_retain / max(task.n_forget, 1)))
+    )
     per_epoch, step = len(task.forget), 0
     for epoch in range(1, epochs + 1):
         for _ in range(per_epoch):
             with autocast(precision):
                 total, forget_loss, retain_loss = lur_objective(
-                    model, params, forget_batch(), device_batch(next(retain_it), precision),
-                    inner_lr=inner_lr, retain_weight=config.retain_weight,
-                    create_graph=not config.first_order)
+                    model,
+                    params,
+                    forget_batch(),
+                    device_batch(next(retain_it), precision),
+                    inner_lr=inner_lr,
+                    retain_weight=config.retain_weight,
+                    create_graph=not config.first_order,
+                )
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             if lr is None:
-                lr = calibrated_lr(list(params.values()), config.relative_step)
-                if lr is not None:
-                    details["lr"] = lr
-                    optimizer.param_groups[0]["lr"] = lr
+                relative = calibrated_lr(list(params.values()), config.relative_step)
+                lr = min(relative, stable_lr) if relative is not None else None
+                optimizer.param_groups[0]["lr"] = details["lr"] = lr or 0.0
             optimizer.step()
             step += 1
             value = float(total.detach())
             guard.check_loss(value, step=step, method="lur")
             guard.check(step=step, method="lur")
-            task.on_progress(Tick("lur", step, epochs * per_epoch, {
-                "forget_loss": float(forget_loss.detach()),
-                "retain_loss": float(retain_loss.detach())}))
+            task.on_progress(
+                Tick(
+                    "lur",
+                    step,
+                    epochs * per_epoch,
+                    {
+                        "forget_loss": float(forget_loss.detach()),
+                        "retain_loss": float(retain_loss.detach()),
+                    },
+                )
+            )
         if stop.measure(epoch):
-            return step, True
-    return step, False
+            break
+    return step
 
 
-def _curvature(model: nn.Module, params: dict[str, nn.Parameter],
-               batch: tuple[torch.Tensor, torch.Tensor], config: LurConfig,
-               precision: Any) -> float:
-    """λ_max of ``∇²L_F`` on one forget batch (power iteration on Hessian-vector products)."""
+def _curvature(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    batches: tuple[tuple[torch.Tensor, torch.Tensor], ...],
+    config: LurConfig,
+    precision: Precision,
+) -> float:
+    """λ_max of the Hessian of ``L_F`` (one batch) or ``L_F + λ·L_R`` (a forget and a retain
+    batch) at θ, by power iteration on Hessian-vector products."""
     with autocast(precision):
-        loss = nn.functional.cross_entropy(model(batch[0]).float(), batch[1])
-    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True,
-                                allow_unused=True)
+        losses = [nn.functional.cross_entropy(model(x).float(), y) for x, y in batches]
+        loss = losses[0] + config.retain_weight * sum(losses[1:])
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True, allow_unused=True)
     top = top_eigenvalue(grads, list(params.values()), iterations=config.power_iterations)
     return max(top, 1e-6)
 

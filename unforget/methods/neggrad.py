@@ -11,9 +11,11 @@ we add brakes that need no tuning:
 
 * a cap of ``max_epochs`` passes over F (default 5, the upper end of the papers' range);
 * a stop rule: every ``check_every`` steps the forget accuracy (on at most ``probe_rows`` forget
-  rows) is compared with the original model's accuracy on the reference split V (held-out rows
-  methods may read); once F is no better than unseen data the run stops (reason
-  ``forget_at_reference``). Without a reference split only the cap applies;
+  rows) is compared with the accuracy a retrained model would have on them: the original model's
+  accuracy on the reference split V (held-out rows methods may read) for rows of classes that
+  stay, 0 for rows of classes removed whole (a model retrained without a class never predicts
+  it). Once F is no better than that the run stops (reason ``forget_at_reference``). Without a
+  reference split only the cap applies;
 * the shared guard: a retain-accuracy collapse restores the last good weights and stops.
 
 Optimiser: the recipe's, at ``lr_scale`` = 0.1 × its peak lr (ascent needs far smaller steps
@@ -36,7 +38,7 @@ from unforget.methods.loop import accuracy, cycle, device_batch
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class NegGradConfig:
     """Options of ``neggrad``."""
 
     max_epochs: float = field(default=5.0, metadata={"help": "cap, in passes over the forget set"})
@@ -46,7 +48,7 @@ class Config:
     check_every: int = field(default=5, metadata={"help": "steps between forget-accuracy checks"})
     probe_rows: int = field(default=1024, metadata={"help": "forget rows in the accuracy probe"})
     stop_at_reference: bool = field(
-        default=True, metadata={"help": "stop once forget accuracy <= reference accuracy"}
+        default=True, metadata={"help": "stop when forget accuracy falls to a retrained model's"}
     )
 
     def __post_init__(self) -> None:
@@ -77,11 +79,25 @@ def reference_accuracy(task: UnlearnTask) -> float | None:
     return accuracy(task.model, task.reference, task.precision)
 
 
+def retrained_accuracy(task: UnlearnTask, probe: Loader, reference: float) -> float:
+    """Expected forget accuracy of a retrained model: ``reference`` on probe rows whose class
+    stays, 0 on rows of classes removed whole."""
+    if not task.removed_classes:
+        return reference
+    labels = torch.cat([batch[1] for batch in probe])
+    removed = torch.isin(labels, torch.tensor(task.removed_classes, dtype=labels.dtype))
+    return reference * float((~removed).float().mean())
+
+
 def accuracy_brake(
-    task: UnlearnTask, *, target: float, every: int, rows: int, history: list[dict[str, float]]
+    task: UnlearnTask,
+    probe: Loader,
+    *,
+    target: float,
+    every: int,
+    history: list[dict[str, float]],
 ) -> StopFn:
-    """A stop rule: every ``every`` steps, forget accuracy on a probe vs ``target``."""
-    probe = forget_probe(task, rows)
+    """A stop rule: every ``every`` steps, forget accuracy on ``probe`` vs ``target``."""
 
     def stop(step: int) -> str | None:
         if step % every:
@@ -103,21 +119,19 @@ class NegGrad:
         paper="Golatkar, Achille, Soatto, Eternal Sunshine of the Spotless Net, CVPR 2020, "
         "arXiv 1911.04933 (negative-gradient baseline)",
     )
-    Config: ClassVar[type] = Config
+    Config: ClassVar[type] = NegGradConfig
 
-    def run(self, task: UnlearnTask, config: Config) -> Outcome:
+    def run(self, task: UnlearnTask, config: NegGradConfig) -> Outcome:
         steps = steps_for(task.forget, config.max_epochs)
-        start_forget = accuracy(task.model, forget_probe(task, config.probe_rows), task.precision)
-        target = reference_accuracy(task)
+        probe = forget_probe(task, config.probe_rows)
+        start_forget = accuracy(task.model, probe, task.precision)
+        reference = reference_accuracy(task)
+        target = None if reference is None else retrained_accuracy(task, probe, reference)
         history: list[dict[str, float]] = []
         brake = None
         if config.stop_at_reference and target is not None:
             brake = accuracy_brake(
-                task,
-                target=target,
-                every=config.check_every,
-                rows=config.probe_rows,
-                history=history,
+                task, probe, target=target, every=config.check_every, history=history
             )
         batches = cycle(task.forget)
 
@@ -136,7 +150,8 @@ class NegGrad:
         details = {
             "max_steps": steps,
             "lr": task.spec.recipe.lr * config.lr_scale,
-            "reference_accuracy": None if target is None else round(target, 6),
+            "reference_accuracy": None if reference is None else round(reference, 6),
+            "target_accuracy": None if target is None else round(target, 6),
             "forget_probe_accuracy_start": round(start_forget, 6),
             "history": history,
             **trace.details(),

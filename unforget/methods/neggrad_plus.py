@@ -13,8 +13,10 @@ but the steps cannot blow up.
 Choices (recorded in the receipt): each forget batch is paired with the next retain batch
 (``loop.paired``, both cycled); the length is counted in passes over R (default a tenth of the
 recipe's epochs, at least one, as ``finetune``), so the run costs about two fine-tuning passes;
-the recipe's optimiser at ``lr_scale`` × its peak lr with a constant rate; no augmentation (the
-forget term must see the samples as the model saw them in evaluation); eval mode throughout.
+the recipe's optimiser at ``lr_scale`` = 0.25 × its peak lr with a constant rate (papers tune it
+per dataset; on a small MLP 0.5× cost 3 points of held-out accuracy on a random 10% and 0.25×
+under 1, both removing a whole class completely); no augmentation (the forget term must see the
+samples as the model saw them in evaluation); eval mode throughout.
 """
 
 from __future__ import annotations
@@ -38,13 +40,13 @@ from unforget.methods.loop import device_batch, paired
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class NegGradPlusConfig:
     """Options of ``neggrad+``."""
 
     beta: float = field(default=0.95, metadata={"help": "weight of the retain loss, in (0, 1)"})
     epochs: float | None = field(default=None, metadata={"help": EPOCHS_HELP})
     lr_scale: float = field(
-        default=0.5, metadata={"help": "learning rate as a multiple of the recipe's peak lr"}
+        default=0.25, metadata={"help": "learning rate as a multiple of the recipe's peak lr"}
     )
 
     def __post_init__(self) -> None:
@@ -65,9 +67,9 @@ class NegGradPlus:
         paper="Kurmanji, Triantafillou, Hayes, Triantafillou, Towards Unbounded Machine "
         "Unlearning, NeurIPS 2023, arXiv 2302.09880 (NegGrad+)",
     )
-    Config: ClassVar[type] = Config
+    Config: ClassVar[type] = NegGradPlusConfig
 
-    def run(self, task: UnlearnTask, config: Config) -> Outcome:
+    def run(self, task: UnlearnTask, config: NegGradPlusConfig) -> Outcome:
         epochs = retain_epochs(task, config.epochs)
         steps = steps_for(task.retain, epochs)
         pairs = paired(task.forget, task.retain, steps=steps)

@@ -1,45 +1,53 @@
 """PGU: projected-gradient unlearning (Hoang, Rana, Gupta, Venkatesh; WACV 2024, arXiv 2312.04095).
 
-Idea (the paper's §3): keep what the model knows about the retain set R by moving each layer's
-weights only in directions that R's layer inputs do not use, as gradient projection memory does
-in continual learning, and do it without reading R at unlearning time.
+Idea: keep what the model knows about the retain set R by moving each layer's weights only in
+directions that R's layer inputs do not use, as gradient projection memory (GPM) does in
+continual learning, and do it without reading R at unlearning time. Equation numbers are ours
+(the paper's are not quoted because its method section could not be checked against a stored
+copy). For every Linear/Conv2d layer ``l`` (inputs ``a``, see :mod:`.pgu_stats`):
 
-For every Linear/Conv2d layer ``l`` (see :mod:`unforget.methods.pgu_stats`):
+    (1) C_l^R = C_l^full − C_l^F,   C_l = Σ a aᵀ                    retain statistics
+    (2) C_l^R = U S Uᵀ,  k_l = min{k : Σ_{i≤k} √s_i ≥ ε_l Σ_i √s_i},  P_l = U_k U_kᵀ
+    (3) L = mean −log(1 − (p_y − c)) − w_H · mean H(p)              on forget batches only
+    (4) G_l ← G_l − G_l P_l   (G_l: gradient of the augmented weight [W b], out × d_l)
+    (5) θ ← θ − η_t G,  η_t = η_0 · ρ^(t/(T−1))                     plain SGD, geometric decay
 
-1. Retain statistics by subtraction, ``C_l^R = C_l^full − C_l^F``: ``C^full`` from the
-   checkpoint's sidecar (written at training time), ``C^F`` from one pass over the forget set.
-   Without a usable sidecar, ``C^R`` is measured on R directly (the same matrix, without the
-   cancellation); ``details["statistics"]`` says which: ``"sidecar"`` or ``"computed"``.
-2. Subspace: ``C_l^R = U S Uᵀ``; keep the top ``k_l`` eigenvectors, the fewest whose share of
-   the spectrum of the activations (cumulative √eigenvalues over their total, i.e. singular
-   values of the stacked inputs) reaches ``ε_l``; ``P_l = U_k U_kᵀ``.
-3. Objective on forget batches only (ours in the paper's spirit: push the true-class
-   probability down, push the prediction entropy up)::
-
-       L = mean −log(1 − (p_y − c)) − w_H · mean H(p)
-
-   ``c`` > 0 keeps the log finite (1 − p_y + c ≥ c); it sets the largest push (1/c at p_y = 1).
-4. Update: the gradient of the augmented weight ``[W b]`` (out × d_l) becomes
-   ``G − G P_l``, orthogonal to the retained input subspace, so ``ΔW a = 0`` for retained
-   inputs ``a`` to first order; layers without statistics (norms, embeddings) are frozen.
-   Plain SGD (no momentum, no weight decay, which would leave the subspace), learning rate
-   decaying geometrically from ``lr_start`` to ``lr_end``; BatchNorm statistics frozen.
-5. Stop: after every forget epoch compare forget accuracy with accuracy on the held-out
-   reference rows; once forget accuracy is at or below it, keep whichever of the last two
-   epochs is closer (:class:`ReferenceStop`).
+(1): ``C^full`` from the checkpoint's sidecar (written at training time), ``C^F`` from one pass
+over the forget set; without a usable sidecar ``C^R`` is measured on R directly (the same
+matrix without the cancellation). ``details["statistics"]`` says which: ``"sidecar"`` or
+``"computed"``. (2): √eigenvalues are the singular values of the stacked inputs. (3): push the
+true-class probability down and the prediction entropy up; ``c`` > 0 keeps the log finite
+(1 − p_y + c ≥ c) and caps the push at 1/c. (4): after it ``ΔW a = 0`` for inputs ``a`` in
+the retained subspace, so retained layer outputs do not move to first order; layers without
+statistics (norms, embeddings) are frozen. (5): no momentum or weight decay, which would leave
+the subspace; BatchNorm statistics frozen. Stop: after every forget epoch compare forget
+accuracy with accuracy on the held-out reference rows; once forget accuracy is at or below
+it, keep whichever of the last two epochs is closer (:class:`ReferenceStop`).
 
 Choices where the paper is silent or we depart from it, and why:
 
-- ``ε`` = 0.95 for every layer (the authors' released configs use 0.95; ``threshold_step``
-  gives deeper layers a larger ``ε`` as GPM does). With ε < 1 the discarded tail is where
-  individual samples leave their mark, which is the only place a projected step can act on
+- ``ε`` = 0.95 for every layer (the value in the authors' released configurations;
+  ``threshold_step`` raises ε for deeper layers, as GPM does). With ε < 1 the discarded tail
+  is where individual samples leave their mark: the only place a projected step can act on
   forget inputs that resemble retained ones.
-- ``lr`` 0.05 → 0.01 (the authors' released values); ``c`` = 0.1 (methods.md); ``w_H`` = 0.2.
-- Length: at most ``budget`` retain-epochs of work, i.e. ``⌊budget·|R|/|F|⌋`` forget epochs
-  (capped by ``max_epochs``), so the run costs a fraction of retraining's ``recipe.epochs``
-  passes over R whatever the forget-set size.
-- The guard rail (:class:`~unforget.methods.loop.Guard`) reads the fixed retain sample
-  ``task.retain_eval``; the training retain loader is not read on the sidecar path.
+- Bias coordinate: inputs are augmented with a constant 1, so biases are projected with their
+  weights (otherwise a bias step shifts every retained output).
+- ``c`` = 0.1 (methods.md), ``w_H`` = 0.2 (the authors' released entropy weight).
+- Step size: the authors' released ``η`` (0.05 → 0.01) was inert on our models: the projection
+  keeps only 2-5 % of the forget gradient's norm (measured), a share that varies by orders
+  of magnitude between models and forget sets. So ``η_0`` is calibrated on the first step to
+  move the trainable weights by ``relative_step`` (1 %) of their norm (:func:`calibrated_lr`)
+  and decays geometrically to ``lr_decay`` (0.2, the authors' ratio) of it; ``lr`` fixes it.
+- Length: at most ``⌊budget·|R|/|F|⌋`` forget epochs (capped by ``max_epochs``): about
+  ``budget`` retain-epochs of steps whatever the forget-set size, a fraction of retraining.
+- Safety: the run also stops, restoring the previous epoch, once reference accuracy falls
+  ``max_reference_drop`` below its start; the guard rail
+  (:class:`~unforget.methods.loop.Guard`) reads the fixed retain sample ``task.retain_eval``.
+  On the sidecar path the retain rows are not read (only their labels, from the split, to
+  tell classes removed whole: :class:`ReferenceStop`).
+- Consecutive deletions: :func:`~.pgu_stats.updated_statistics` (or :func:`sidecar_update`)
+  gives the output checkpoint's sidecar, ``C^full − C^F`` measured with the weights before
+  unlearning, so a sidecar always describes its checkpoint's current retain set.
 """
 
 from __future__ import annotations
@@ -50,20 +58,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from unforget.errors import CheckpointError, InputError
-from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
-from unforget.methods.loop import Guard, accuracy, device_batch, freeze_batchnorm, weights_differ
+from unforget.evaluate import predict
+from unforget.loaders import RowSource
+from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
+from unforget.methods.loop import Guard, device_batch, freeze_batchnorm, weights_differ
 from unforget.methods.pgu_stats import (
     SAMPLES_KEY,
+    Layer,
     compute_statistics,
+    fan_in,
     input_dim,
     load_statistics,
     sample_count,
-    subtract,
     supported_layers,
+    updated_statistics,
 )
 from unforget.progress import Tick
 
@@ -79,8 +92,9 @@ class PguConfig:
     lr_decay: float = 0.2  # lr at the last planned step = lr_decay · first lr (geometric)
     offset: float = 0.1  # c in −log(1 − (p_y − c)); > 0 keeps the loss finite
     entropy_weight: float = 0.2  # w_H: weight of the (maximised) prediction entropy
-    budget: float = 1.0  # retain-epochs of work: forget epochs = ⌊budget·|R|/|F|⌋
+    budget: float = 2.0  # retain-epochs of work: forget epochs = ⌊budget·|R|/|F|⌋
     max_epochs: int = 30  # cap on forget epochs
+    max_reference_drop: float = 0.03  # stop if reference accuracy falls this far below start
 
     def __post_init__(self) -> None:
         problems = []
@@ -102,64 +116,145 @@ class PguConfig:
             problems.append("budget must be > 0")
         if self.max_epochs < 1:
             problems.append("max_epochs must be >= 1")
+        if not 0.0 < self.max_reference_drop <= 1.0:
+            problems.append("max_reference_drop must be in (0, 1]")
         if problems:
             raise ValueError("; ".join(problems))
 
 
 @dataclass
 class ReferenceStop:
-    """Per-epoch stop rule: forget accuracy down to the held-out reference accuracy.
+    """Per-epoch stop rule shared by ``pgu``, ``ltu`` and ``lur``: forget accuracy down to what
+    held-out data shows.
 
-    After each epoch both accuracies are measured (the reference is re-measured, as the model
-    changes). Once forget accuracy is at or below reference accuracy the run stops and the
-    model keeps whichever of the last two epochs has the smaller gap (PGU's rule, also used by
-    ``ltu`` and ``lur``). ``history`` rows are JSON-ready for the receipt.
+    After each epoch forget accuracy is compared with a TARGET measured on the held-out
+    reference rows under the current model: the reference accuracy of each class, weighted by
+    the forget set's class mix, with classes removed whole (no retain rows left) counting 0 —
+    a model retrained without a class never predicts it. For random forgetting this is the
+    reference accuracy (PGU's rule); for class removal it is 0. Once forget accuracy is at or
+    below the target the run stops (``status = "reached"``) and the model keeps whichever of
+    the last two epochs is closer to it.
+
+    A safety net of ours: a model that degrades everywhere also satisfies "forget ≤ target".
+    So if reference accuracy on the classes that stay has fallen more than ``max_drop`` below
+    its start, the run stops (``status = "degraded"``) and the previous epoch is restored: the
+    method cannot forget further without costing generalisation. ``history`` rows are
+    JSON-ready for the receipt.
     """
 
     model: nn.Module
     task: UnlearnTask
+    max_drop: float
     history: list[dict[str, float]] = field(default_factory=list)
     kept_epoch: int = 0
+    status: str = "running"
+    removed: tuple[int, ...] = ()
     _previous: dict[str, torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.task.reference is None:
+            raise InputError("this method needs held-out reference rows (data.reference_fraction)")
+        self._reference: Loader = self.task.reference
+        forget = set(loader_labels(self.task.forget_eval).tolist())
+        self.removed = tuple(sorted(forget - set(loader_labels(self.task.retain).tolist())))
 
     def measure(self, epoch: int) -> bool:
         """Record epoch ``epoch`` (0 = before any step); True when the run should stop."""
-        if self.task.reference is None:
-            raise InputError("this method needs held-out reference rows (data.reference_fraction)")
-        forget = accuracy(self.model, self.task.forget_eval, self.task.precision)
-        reference = accuracy(self.model, self.task.reference, self.task.precision)
-        self.history.append({"epoch": epoch, "forget_accuracy": round(forget, 6),
-                             "reference_accuracy": round(reference, 6)})
-        reached = forget <= reference
-        if reached and self._previous is not None and self._gap(-2) < self._gap(-1):
+        precision = self.task.precision
+        forget = predict(self.model, self.task.forget_eval, precision=precision)
+        reference = predict(self.model, self._reference, precision=precision)
+        forget_acc = float(np.mean(forget.logits.argmax(1) == forget.labels))
+        target, kept = reference_target(
+            forget.labels, reference.logits, reference.labels, removed=self.removed
+        )
+        self.history.append(
+            {
+                "epoch": epoch,
+                "forget_accuracy": round(forget_acc, 6),
+                "target_accuracy": round(target, 6),
+                "reference_accuracy": round(kept, 6),
+            }
+        )
+        if epoch > 0 and kept < self.history[0]["reference_accuracy"] - self.max_drop:
+            self.status = "degraded"
+        elif forget_acc <= target:
+            self.status = "reached"
+        restore = self._previous is not None and (
+            self.status == "degraded"
+            or (self.status == "reached" and self._gap(-2) < self._gap(-1))
+        )
+        if restore and self._previous is not None:
             self.model.load_state_dict(self._previous)
             self.kept_epoch = epoch - 1
         else:
             self.kept_epoch = epoch
             self._previous = copy.deepcopy(self.model.state_dict())
-        return reached
+        return self.status != "running"
 
     def _gap(self, index: int) -> float:
         row = self.history[index]
-        return abs(row["forget_accuracy"] - row["reference_accuracy"])
+        return abs(row["forget_accuracy"] - row["target_accuracy"])
 
-    def reason(self, *, reached: bool) -> str:
+    def reason(self) -> str:
         """One line for the receipt: why the run stopped and which epoch was kept."""
         last, kept = self.history[-1], self.history[self.kept_epoch]
-        state = (f"epoch {last['epoch']}: forget accuracy {last['forget_accuracy']:.1%} vs "
-                 f"reference {last['reference_accuracy']:.1%}")
+        state = (
+            f"epoch {last['epoch']}: forget accuracy {last['forget_accuracy']:.1%}, "
+            f"target {last['target_accuracy']:.1%}"
+        )
         if kept is not last:
-            state += (f"; kept epoch {kept['epoch']}: {kept['forget_accuracy']:.1%} vs "
-                      f"{kept['reference_accuracy']:.1%}")
-        if not reached:
+            state += (
+                f"; kept epoch {kept['epoch']}: {kept['forget_accuracy']:.1%}, "
+                f"target {kept['target_accuracy']:.1%}"
+            )
+        if self.status == "degraded":
+            return (
+                f"reference accuracy fell more than {self.max_drop:.0%} below its start ({state})"
+            )
+        if self.status == "running":
             return f"epoch budget spent ({state})"
         if len(self.history) == 1:
             return f"forget accuracy already at the held-out level ({state})"
         return f"forget accuracy reached the held-out level ({state})"
 
 
-def forget_objective(logits: torch.Tensor, y: torch.Tensor, *, offset: float,
-                     entropy_weight: float) -> torch.Tensor:
+def reference_target(
+    forget_labels: np.ndarray,
+    reference_logits: np.ndarray,
+    reference_labels: np.ndarray,
+    *,
+    removed: tuple[int, ...],
+) -> tuple[float, float]:
+    """``(target, kept)``: the forget-class-weighted reference accuracy with removed classes
+    at 0, and the reference accuracy over the classes that stay.
+
+    A forget class absent from the reference rows takes the overall reference accuracy.
+    """
+    correct = reference_logits.argmax(1) == reference_labels
+    overall = float(correct.mean()) if len(correct) else 0.0
+    classes, counts = np.unique(forget_labels, return_counts=True)
+    target = 0.0
+    for c, n in zip(classes.tolist(), counts.tolist(), strict=True):
+        rows = reference_labels == c
+        per_class = float(correct[rows].mean()) if rows.any() else overall
+        target += n / max(len(forget_labels), 1) * (0.0 if c in removed else per_class)
+    stays = ~np.isin(reference_labels, removed)
+    kept = float(correct[stays].mean()) if stays.any() else overall
+    return target, kept
+
+
+def loader_labels(loader: Loader) -> np.ndarray:
+    """All labels a loader yields: read from the split for a :class:`RowSource` (no inputs
+    are loaded), otherwise by iterating it."""
+    dataset = loader.dataset
+    if isinstance(dataset, RowSource):
+        return np.asarray(dataset.split.labels)[dataset.rows]
+    return np.concatenate([np.asarray(batch[1]) for batch in loader] or [np.zeros(0, np.int64)])
+
+
+def forget_objective(
+    logits: torch.Tensor, y: torch.Tensor, *, offset: float, entropy_weight: float
+) -> torch.Tensor:
     """``mean −log(1 − (p_y − c)) − w_H · mean H(p)`` over a batch (float32), see module doc."""
     log_p = torch.log_softmax(logits.float(), dim=1)
     p = log_p.exp()
@@ -184,27 +279,31 @@ def retained_basis(c: torch.Tensor, threshold: float) -> torch.Tensor:
     return vectors[:, :k]
 
 
-def retained_bases(stats: dict[str, torch.Tensor], *, threshold: float,
-                   threshold_step: float) -> dict[str, torch.Tensor]:
+def retained_bases(
+    stats: dict[str, torch.Tensor], *, threshold: float, threshold_step: float
+) -> dict[str, torch.Tensor]:
     """``{layer: U_k}`` for every layer in ``stats``, with ``ε_l = min(1, ε + l·step)``."""
     names = [n for n in stats if n != SAMPLES_KEY]
-    return {name: retained_basis(stats[name], min(1.0, threshold + i * threshold_step))
-            for i, name in enumerate(names)}
+    return {
+        name: retained_basis(stats[name], min(1.0, threshold + i * threshold_step))
+        for i, name in enumerate(names)
+    }
 
 
-def augmented_grad(layer: nn.Module) -> torch.Tensor | None:
+def augmented_grad(layer: Layer) -> torch.Tensor | None:
     """The gradient of ``[W b]`` as (out × d_l), or None when the layer got no gradient."""
-    if layer.weight.grad is None:
+    weight, bias = layer.weight, layer.bias
+    if weight.grad is None:
         return None
-    grad = layer.weight.grad.reshape(layer.weight.shape[0], -1)
-    if layer.bias is not None:
-        bias = layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(layer.bias)
-        grad = torch.cat([grad, bias[:, None]], dim=1)
+    grad = weight.grad.reshape(weight.shape[0], -1)
+    if bias is not None:
+        bias_grad = bias.grad if bias.grad is not None else torch.zeros_like(bias)
+        grad = torch.cat([grad, bias_grad[:, None]], dim=1)
     return grad
 
 
 @torch.no_grad()
-def project_gradients(layers: dict[str, nn.Module], bases: dict[str, torch.Tensor]) -> None:
+def project_gradients(layers: dict[str, Layer], bases: dict[str, torch.Tensor]) -> None:
     """In place: ``G ← G − (G U_k) U_kᵀ`` for every layer's augmented gradient."""
     for name, basis in bases.items():
         layer = layers[name]
@@ -212,22 +311,20 @@ def project_gradients(layers: dict[str, nn.Module], bases: dict[str, torch.Tenso
         if grad is None:
             continue
         grad = grad - (grad @ basis) @ basis.T
-        fan_in = layer.weight[0].numel()
-        layer.weight.grad.copy_(grad[:, :fan_in].reshape(layer.weight.shape))
-        if layer.bias is not None:
-            if layer.bias.grad is None:
-                layer.bias.grad = torch.zeros_like(layer.bias)
-            layer.bias.grad.copy_(grad[:, fan_in])
+        weight, bias, width = layer.weight, layer.bias, fan_in(layer)
+        weight.grad = grad[:, :width].reshape(weight.shape).to(weight.dtype)
+        if bias is not None:
+            bias.grad = grad[:, width].contiguous().to(bias.dtype)
 
 
 class Pgu:
     info: ClassVar[MethodInfo] = MethodInfo(
         name="pgu",
         summary="Forget-set steps projected off the retain set's layer-input subspace",
-        needs=("forget", "reference", "statistics"),
+        needs=("forget", "retain", "reference", "statistics"),
         paper="Hoang, Rana, Gupta, Venkatesh. Learn to Unlearn for Deep Neural Networks: "
-              "Minimizing Unlearning Interference with Gradient Projection. WACV 2024 "
-              "(arXiv 2312.04095)",
+        "Minimizing Unlearning Interference with Gradient Projection. WACV 2024 "
+        "(arXiv 2312.04095)",
     )
     Config: ClassVar[type] = PguConfig
 
@@ -239,12 +336,15 @@ class Pgu:
         layers = supported_layers(model)
         if len(stats) <= 1:
             raise InputError("pgu: the model has no Linear or Conv2d layer to project")
-        bases = {name: basis.to(device=precision.device, dtype=torch.float32)
-                 for name, basis in retained_bases(
-                     stats, threshold=config.threshold,
-                     threshold_step=config.threshold_step).items()}
-        details["layers"] = {name: {"dim": int(b.shape[0]), "kept": int(b.shape[1])}
-                             for name, b in bases.items()}
+        bases = {
+            name: basis.to(device=precision.device, dtype=torch.float32)
+            for name, basis in retained_bases(
+                stats, threshold=config.threshold, threshold_step=config.threshold_step
+            ).items()
+        }
+        details["layers"] = {
+            name: {"dim": int(b.shape[0]), "kept": int(b.shape[1])} for name, b in bases.items()
+        }
         details["statistics_seconds"] = round(time.perf_counter() - start, 3)
         before = copy.deepcopy(model.state_dict())
         trainable = [p for name in bases for p in layers[name].parameters(recurse=False)]
@@ -254,13 +354,18 @@ class Pgu:
                 p.requires_grad_(False)
             for p in trainable:
                 p.requires_grad_(True)
-            steps, reached, stop = _descend(task, config, layers, bases, trainable, details)
+            steps, stop = _descend(task, config, layers, bases, trainable, details)
         finally:
             for p, flag in flags.items():
                 p.requires_grad_(flag)
         details.update(history=stop.history, kept_epoch=stop.kept_epoch)
-        return Outcome(model=model, steps=steps, stop_reason=stop.reason(reached=reached),
-                       details=details, weights_changed=weights_differ(before, model.state_dict()))
+        return Outcome(
+            model=model,
+            steps=steps,
+            stop_reason=stop.reason(),
+            details=details,
+            weights_changed=weights_differ(before, model.state_dict()),
+        )
 
 
 def retain_statistics(task: UnlearnTask) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -270,56 +375,88 @@ def retain_statistics(task: UnlearnTask) -> tuple[dict[str, torch.Tensor], dict[
     its sample count equals |R| + |F| (otherwise it belongs to another checkpoint or an
     earlier state of the ledger); the reason it was skipped is recorded.
     """
-    model, precision = task.model, task.precision
     details: dict[str, Any] = {}
     if task.statistics is not None:
         try:
-            full = load_statistics(task.statistics)
-            _check_sidecar(full, model, expected=task.n_retain + task.n_forget)
-            forget = compute_statistics(model, task.forget_eval, precision)
+            retain = _from_sidecar(task)
             details.update(statistics="sidecar", statistics_file=task.statistics.name)
-            return subtract(full, forget), details
+            return retain, details
         except (CheckpointError, ValueError) as exc:
             details["statistics_note"] = f"sidecar {task.statistics.name} not used: {exc}"
     details["statistics"] = "computed"
-    return compute_statistics(model, task.retain, precision), details
+    return compute_statistics(task.model, task.retain, task.precision), details
+
+
+def sidecar_update(task: UnlearnTask) -> dict[str, torch.Tensor] | None:
+    """The statistics sidecar for the checkpoint this deletion will produce, or None.
+
+    ``C^full − C^F`` with ``C^F`` measured on ``task.model`` AS IT IS NOW, so call it before
+    the method runs (methods modify ``task.model``). None when the task has no usable sidecar
+    (the next ``pgu`` run then measures its statistics on the retain set).
+    """
+    if task.statistics is None:
+        return None
+    try:
+        return _from_sidecar(task)
+    except (CheckpointError, ValueError):
+        return None
+
+
+def _from_sidecar(task: UnlearnTask) -> dict[str, torch.Tensor]:
+    """Sidecar ``C^full`` minus ``C^F``; raises CheckpointError/ValueError when unusable."""
+    if task.statistics is None:
+        raise ValueError("the checkpoint has no statistics sidecar")
+    full = load_statistics(task.statistics)
+    _check_sidecar(full, task.model, expected=task.n_retain + task.n_forget)
+    return updated_statistics(full, task.model, task.forget_eval, task.precision)
 
 
 def _check_sidecar(full: dict[str, torch.Tensor], model: nn.Module, *, expected: int) -> None:
     layers = supported_layers(model)
-    wrong = [n for n, t in full.items()
-             if n != SAMPLES_KEY and (n not in layers or t.shape[0] != input_dim(layers[n]))]
+    wrong = [
+        n
+        for n, t in full.items()
+        if n != SAMPLES_KEY and (n not in layers or t.shape[0] != input_dim(layers[n]))
+    ]
     if wrong:
         raise ValueError(f"layers do not fit the model: {', '.join(wrong[:5])}")
     if sample_count(full) != expected:
-        raise ValueError(f"it sums over {sample_count(full)} samples but |R| + |F| = "
-                         f"{expected} (stale sidecar)")
+        raise ValueError(
+            f"it sums over {sample_count(full)} samples but |R| + |F| = {expected} (stale sidecar)"
+        )
 
 
-def _descend(task: UnlearnTask, config: PguConfig, layers: dict[str, nn.Module],
-             bases: dict[str, torch.Tensor], trainable: list[nn.Parameter],
-             details: dict[str, Any]) -> tuple[int, bool, ReferenceStop]:
-    """The projected SGD loop with the per-epoch stop rule; returns (steps, reached, stop)."""
+def _descend(
+    task: UnlearnTask,
+    config: PguConfig,
+    layers: dict[str, Layer],
+    bases: dict[str, torch.Tensor],
+    trainable: list[nn.Parameter],
+    details: dict[str, Any],
+) -> tuple[int, ReferenceStop]:
+    """The projected SGD loop with the per-epoch stop rule; returns (steps, stop)."""
     model, precision = task.model, task.precision
-    stop = ReferenceStop(model, task)
+    stop = ReferenceStop(model, task, max_drop=config.max_reference_drop)
     if stop.measure(0):
-        return 0, True, stop
-    epochs = max(1, min(config.max_epochs, math.floor(config.budget * task.n_retain
-                                                       / max(task.n_forget, 1))))
+        return 0, stop
+    epochs = max(
+        1, min(config.max_epochs, math.floor(config.budget * task.n_retain / max(task.n_forget, 1)))
+    )
     total = epochs * len(task.forget)
     decay = config.lr_decay ** (1.0 / max(total - 1, 1))
     optimizer = torch.optim.SGD(trainable, lr=config.lr or 0.0, momentum=0.0, weight_decay=0.0)
     scaler = precision.scaler()
     guard = Guard(model, task.retain_eval, precision, task.guard)
     guard.start()
-    lr0, step, reached = config.lr, 0, False
+    lr0, step = config.lr, 0
     for epoch in range(1, epochs + 1):
         for batch in task.forget:
             x, y = device_batch(batch, precision)
             with precision.autocast():
                 logits = model(x)
-            loss = forget_objective(logits, y, offset=config.offset,
-                                    entropy_weight=config.entropy_weight)
+            loss = forget_objective(
+                logits, y, offset=config.offset, entropy_weight=config.entropy_weight
+            )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -336,9 +473,8 @@ def _descend(task: UnlearnTask, config: PguConfig, layers: dict[str, nn.Module],
             guard.check(step=step, method="pgu")
             task.on_progress(Tick("pgu", step, total, {"loss": float(loss.detach())}))
         if stop.measure(epoch):
-            reached = True
             break
-    return step, reached, stop
+    return step, stop
 
 
 @torch.no_grad()

@@ -46,11 +46,18 @@ META_KEY = "unforget.pgu"  # JSON: {"version", "samples", "layers": {name: dim}}
 VERSION = 1
 
 Loader = torch.utils.data.DataLoader
+Layer = nn.Linear | nn.Conv2d  # the layers PGU projects
 
 
-def supported_layers(model: nn.Module) -> dict[str, nn.Module]:
+def sidecar_path(checkpoint: str | Path) -> Path:
+    """``model.safetensors`` -> ``model.pgu.safetensors`` beside it."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}.pgu.safetensors")
+
+
+def supported_layers(model: nn.Module) -> dict[str, Layer]:
     """Linear and ungrouped, zero-padded Conv2d modules by name, in registration order."""
-    out: dict[str, nn.Module] = {}
+    out: dict[str, Layer] = {}
     for name, module in model.named_modules():
         if name == SAMPLES_KEY:
             raise ValueError(f"a module named {SAMPLES_KEY!r} clashes with the sample count")
@@ -64,21 +71,32 @@ def supported_layers(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def input_dim(module: nn.Module) -> int:
+def fan_in(module: Layer) -> int:
+    """Inputs of one output unit: ``in_features`` or ``c_in · k_h · k_w``."""
+    return int(module.weight[0].numel())
+
+
+def input_dim(module: Layer) -> int:
     """``d_l``: fan-in of one output unit, plus 1 for the bias coordinate when there is one."""
-    weight = module.weight
-    return weight[0].numel() + (module.bias is not None)
+    return fan_in(module) + (module.bias is not None)
 
 
-def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def layer_inputs(module: Layer, x: torch.Tensor) -> torch.Tensor:
     """The input vectors ``a`` the layer reads, as float64 rows (N, d_l).
 
     Linear: leading dimensions flattened. Conv2d: ``F.unfold`` patches with the layer's own
     geometry, one row per output position. A bias appends a column of ones.
     """
     if isinstance(module, nn.Conv2d):
-        patches = nn.functional.unfold(x, module.kernel_size, dilation=module.dilation,
-                                       padding=module.padding, stride=module.stride)
+        if isinstance(module.padding, str):
+            raise ValueError("string padding is not supported (see supported_layers)")
+        patches = nn.functional.unfold(
+            x,
+            module.kernel_size,
+            dilation=module.dilation,
+            padding=module.padding,
+            stride=module.stride,
+        )
         rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
     else:
         rows = x.reshape(-1, x.shape[-1])
@@ -89,12 +107,11 @@ def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _accumulating(layers: Mapping[str, nn.Module],
-                  sums: dict[str, torch.Tensor]) -> Iterator[None]:
+def _accumulating(layers: Mapping[str, Layer], sums: dict[str, torch.Tensor]) -> Iterator[None]:
     """Forward hooks that add ``aᵀa`` of every call into ``sums`` (removed on exit)."""
 
     def hook_for(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...], _: Any) -> None:
+        def hook(module: Layer, args: tuple[Any, ...], _: Any) -> None:
             rows = layer_inputs(module, args[0].detach())
             if name in sums:
                 sums[name].addmm_(rows.T, rows)
@@ -112,8 +129,9 @@ def _accumulating(layers: Mapping[str, nn.Module],
 
 
 @torch.no_grad()
-def compute_statistics(model: nn.Module, loader: Loader,
-                       precision: Precision) -> dict[str, torch.Tensor]:
+def compute_statistics(
+    model: nn.Module, loader: Loader, precision: Precision
+) -> dict[str, torch.Tensor]:
     """``C_l`` of every supported layer over ``loader`` (model in eval mode, restored after).
 
     Args:
@@ -144,8 +162,9 @@ def compute_statistics(model: nn.Module, loader: Loader,
     return out
 
 
-def subtract(full: Mapping[str, torch.Tensor],
-             forget: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def subtract(
+    full: Mapping[str, torch.Tensor], forget: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """``C^R = C^full − C^F`` for every layer of ``full`` (and the sample count).
 
     Raises:
@@ -158,13 +177,16 @@ def subtract(full: Mapping[str, torch.Tensor],
         raise ValueError(f"statistics do not match for layers: {', '.join(problems[:5])}")
     out = {name: full[name] - forget[name].to(full[name].dtype) for name in full}
     if int(out[SAMPLES_KEY]) < 0:
-        raise ValueError(f"cannot remove {int(forget[SAMPLES_KEY])} samples from statistics "
-                         f"over {int(full[SAMPLES_KEY])}")
+        raise ValueError(
+            f"cannot remove {int(forget[SAMPLES_KEY])} samples from statistics "
+            f"over {int(full[SAMPLES_KEY])}"
+        )
     return out
 
 
-def updated_statistics(full: Mapping[str, torch.Tensor], model: nn.Module, forget: Loader,
-                       precision: Precision) -> dict[str, torch.Tensor]:
+def updated_statistics(
+    full: Mapping[str, torch.Tensor], model: nn.Module, forget: Loader, precision: Precision
+) -> dict[str, torch.Tensor]:
     """The sidecar for the checkpoint after a deletion: ``C^full − C^F``.
 
     ``model`` must hold the weights BEFORE unlearning (the ones ``full`` was measured with), so
@@ -178,8 +200,13 @@ def sample_count(stats: Mapping[str, torch.Tensor]) -> int:
     return int(stats[SAMPLES_KEY])
 
 
-def save_statistics(path: str | Path, stats: Mapping[str, torch.Tensor], *,
-                    metadata: Mapping[str, Any], force: bool = False) -> str:
+def save_statistics(
+    path: str | Path,
+    stats: Mapping[str, torch.Tensor],
+    *,
+    metadata: Mapping[str, Any],
+    force: bool = False,
+) -> str:
     """Write ``stats`` as a safetensors sidecar, atomically; return its SHA-256.
 
     ``metadata`` (e.g. the SHA-256 of the checkpoint the sidecar belongs to) is stored beside
@@ -208,8 +235,12 @@ def load_statistics(path: str | Path) -> dict[str, torch.Tensor]:
     stats = dict(checkpoint.tensors)
     if SAMPLES_KEY not in stats:
         raise CheckpointError(f"{path}: the sample count {SAMPLES_KEY!r} is missing")
-    bad = [name for name, t in stats.items() if name != SAMPLES_KEY and (
-        t.dtype != torch.float64 or t.dim() != 2 or t.shape[0] != t.shape[1])]
+    bad = [
+        name
+        for name, t in stats.items()
+        if name != SAMPLES_KEY
+        and (t.dtype != torch.float64 or t.dim() != 2 or t.shape[0] != t.shape[1])
+    ]
     if bad:
         raise CheckpointError(f"{path}: not square float64 matrices: {', '.join(bad[:5])}")
     return stats
@@ -217,5 +248,7 @@ def load_statistics(path: str | Path) -> dict[str, torch.Tensor]:
 
 def describe(stats: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """A JSON-ready summary: sample count and per-layer dimension."""
-    return {"samples": sample_count(stats),
-            "layers": {n: int(t.shape[0]) for n, t in stats.items() if n != SAMPLES_KEY}}
+    return {
+        "samples": sample_count(stats),
+        "layers": {n: int(t.shape[0]) for n, t in stats.items() if n != SAMPLES_KEY},
+    }

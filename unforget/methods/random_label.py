@@ -40,7 +40,7 @@ from unforget.methods.loop import device_batch, paired
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class RandomLabelConfig:
     """Options of ``random-label``."""
 
     retain_weight: float = field(default=1.0, metadata={"help": "ρ, weight of the retain loss"})
@@ -100,9 +100,9 @@ class RandomLabel:
         paper="Golatkar, Achille, Soatto, Eternal Sunshine of the Spotless Net, CVPR 2020, "
         "arXiv 1911.04933 (random labels); Fan et al., SalUn, ICLR 2024 (RL)",
     )
-    Config: ClassVar[type] = Config
+    Config: ClassVar[type] = RandomLabelConfig
 
-    def run(self, task: UnlearnTask, config: Config) -> Outcome:
+    def run(self, task: UnlearnTask, config: RandomLabelConfig) -> Outcome:
         epochs = retain_epochs(task, config.epochs)
         steps = steps_for(task.retain, epochs)
         loss = relabel_objective(task, retain_weight=config.retain_weight, steps=steps)

@@ -19,7 +19,7 @@ from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class RetrainConfig:
     """``retrain`` has no options: it reuses the checkpoint's recipe verbatim."""
 
 
@@ -33,9 +33,9 @@ class Retrain:
         paper="Cao & Yang, Towards Making Systems Forget with Machine Unlearning, IEEE S&P 2015 "
         "(retraining from scratch, the exact baseline)",
     )
-    Config: ClassVar[type] = Config
+    Config: ClassVar[type] = RetrainConfig
 
-    def run(self, task: UnlearnTask, config: Config) -> Outcome:
+    def run(self, task: UnlearnTask, config: RetrainConfig) -> Outcome:
         if task.retrain is None:
             raise InputError(
                 "retrain needs the checkpoint's training recipe and data, "

@@ -14,9 +14,12 @@ then the random-label objective of ``random-label`` optimised over the salient w
 
 Choices where the paper leaves room (recorded in the receipt):
 
-* The threshold is global, over all trainable parameters together (the paper sorts the
-  concatenated saliency of the whole network); ``fraction`` is met exactly by a top-k selection,
-  so ties at γ (e.g. many zero gradients from dead units) cannot inflate the mask.
+* The threshold is global: one γ over all trainable parameters together, as the paper's single
+  hard threshold reads (per-tensor thresholds would force every layer to change equally, while
+  saliency is meant to find the layers F lives in). ``fraction`` is met exactly by a top-k
+  selection, so ties at γ (e.g. many zero gradients from dead units) cannot inflate the mask.
+* ∇L_F is the gradient of the mean loss over the whole forget set, in the unshuffled evaluation
+  order, so the mask is reproducible and its SHA-256 (in the receipt) can be recomputed.
 * θ_u is enforced literally: after every optimiser step the non-salient weights are copied back
   from θ_o. That keeps them bit-identical whatever the optimiser does (AdamW's decoupled weight
   decay and SGD momentum would otherwise move them even with their gradients zeroed).
@@ -51,7 +54,7 @@ Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor of the parameter
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class SalUnConfig:
     """Options of ``salun``."""
 
     fraction: float = field(default=0.5, metadata={"help": "share of weights that are salient"})
@@ -147,9 +150,9 @@ class SalUn:
         paper="Fan, Liu, Zhang, Wei, Wong, Liu, SalUn: Empowering Machine Unlearning via "
         "Gradient-based Weight Saliency, ICLR 2024, arXiv 2310.12508",
     )
-    Config: ClassVar[type] = Config
+    Config: ClassVar[type] = SalUnConfig
 
-    def run(self, task: UnlearnTask, config: Config) -> Outcome:
+    def run(self, task: UnlearnTask, config: SalUnConfig) -> Outcome:
         freeze_batchnorm(task.model)
         mask = saliency_mask(task.model, task.forget_eval, task.precision, fraction=config.fraction)
         epochs = retain_epochs(task, config.epochs)

@@ -10,7 +10,7 @@ student w_u starts from it, and
 is optimised by alternating, as the paper's min-max schedule does: in each of the first
 ``max_rounds`` rounds a max-step pass over F (ascend d on forget batches), then in every round a
 min-step phase on R (descend α·d + γ·ℓ on retain batches); the last rounds are min-steps only,
-to restore what the max-steps cost. Defaults are the authors' reported small-scale settings:
+to restore what the max-steps cost. Defaults are the authors' published small-scale settings:
 α = 0.001, γ = 0.99, temperature T = 4 (distillation with Hinton's T² scaling), 2 max rounds.
 
 Choices where we depart, and why (recorded in the receipt):
@@ -21,7 +21,9 @@ Choices where we depart, and why (recorded in the receipt):
   stays well under retraining whatever the recipe. The max passes over F are whole passes.
 * Optimiser: one optimiser for both phases, the recipe's, at ``lr_scale`` × its peak lr, constant
   (the authors use SGD at 5e-4 against a 0.1 training lr; ``lr_scale`` plays that role for any
-  recipe).
+  recipe). Default 0.1×: on a small AdamW-trained MLP, 0.5× collapsed the model in the first
+  max pass (retain accuracy 89% → 66%, stopped by the guard) while 0.1× removed a class
+  (forget accuracy 94% → 18%) with held-out accuracy on the other classes unchanged.
 * The SCRUB+R rewinding variant is not implemented: the run ends after the last min phase.
 * Eval mode for student and teacher (frozen BatchNorm statistics, no dropout); no augmentation.
 """
@@ -50,7 +52,7 @@ from unforget.methods.loop import cycle, device_batch
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class ScrubConfig:
     """Options of ``scrub``."""
 
     alpha: float = field(default=0.001, metadata={"help": "weight of KL to the teacher on R"})
@@ -60,7 +62,7 @@ class Config:
     max_rounds: int = field(default=2, metadata={"help": "rounds opening with a max pass on F"})
     epochs: float | None = field(default=None, metadata={"help": EPOCHS_HELP})
     lr_scale: float = field(
-        default=0.5, metadata={"help": "learning rate as a multiple of the recipe's peak lr"}
+        default=0.1, metadata={"help": "learning rate as a multiple of the recipe's peak lr"}
     )
 
     def __post_init__(self) -> None:
@@ -120,9 +122,9 @@ class Scrub:
         paper="Kurmanji, Triantafillou, Hayes, Triantafillou, Towards Unbounded Machine "
         "Unlearning, NeurIPS 2023, arXiv 2302.09880 (SCRUB)",
     )
-    Config: ClassVar[type] = Config
+    Config: ClassVar[type] = ScrubConfig
 
-    def run(self, task: UnlearnTask, config: Config) -> Outcome:
+    def run(self, task: UnlearnTask, config: ScrubConfig) -> Outcome:
         epochs = retain_epochs(task, config.epochs)
         retain_steps = steps_for(task.retain, epochs / config.rounds)
         max_steps = config.max_rounds * len(task.forget)

@@ -52,7 +52,7 @@ CHUNK_ENTRIES = 2**26  # per-sample gradient entries held at once (256 MiB in fp
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class SsdConfig:
     """Options of ``ssd``."""
 
     alpha: float | None = field(
@@ -274,9 +274,9 @@ class SelectiveSynapticDampening:
         paper="Foster, Schoepf, Brintrup, Fast Machine Unlearning Without Retraining Through "
         "Selective Synaptic Dampening, AAAI 2024, arXiv 2308.07707",
     )
-    Config: ClassVar[type] = Config
+    Config: ClassVar[type] = SsdConfig
 
-    def run(self, task: UnlearnTask, config: Config) -> Outcome:
+    def run(self, task: UnlearnTask, config: SsdConfig) -> Outcome:
         model = task.model
         freeze_batchnorm(model)
         params = dict(model.named_parameters())

@@ -1,0 +1,49 @@
+"""The benchmark's quick mode runs end to end, and README's commands stay what CI runs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```\n(python3 -m venv[^\n]+)\n```", text)
+
+
+def test_readme_has_the_two_setup_commands() -> None:
+    first, second = _commands()[:2]
+    assert "pip install torch==2.13.0" in first and "unforget apply" in first
+    assert first.index("unforget apply") < first.index("unforget audit")
+    assert "'.[test]'" in second and "pytest" in second
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    second = _commands()[1]
+    test_part = second.split(". .venv/bin/activate && ", 1)[1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_part.replace("pip install ", "pip install -q ") in ci
+
+
+@pytest.mark.slow
+def test_bench_quick(tmp_path: Path) -> None:
+    from unforget.bench import quick_config, run_bench
+    from unforget.device import precision_for, resolve_device
+
+    result = run_bench(quick_config(tmp_path), precision=precision_for(resolve_device("cpu")))
+    rows = {(r["setting"], r["method"]): r for r in result["summary"]}
+    assert set(rows) == {(s, m) for s in ("random:0.1", "class:Sandal")
+                         for m in ("retrain", "nabla-tau", "finetune")}
+    assert rows[("random:0.1", "retrain")]["gap"] == 0.0
+    assert rows[("class:Sandal", "retrain")]["forget_acc"] < 0.01  # a retrained model never saw it
+    assert rows[("class:Sandal", "nabla-tau")]["forget_acc"] <= 0.05
+    assert 0 < rows[("random:0.1", "nabla-tau")]["time_ratio"] < 1
+    for name in ("results.json", "results.md", "results.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["schema"] == "unforget.bench/1" and len(saved["runs"]) == 6
