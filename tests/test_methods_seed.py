@@ -275,7 +275,9 @@ def test_pgu_uses_the_sidecar_without_reading_the_retain_set(
     receipt = apply(request, precision=PRECISION).receipt
     assert receipt is not None
     assert receipt.method_details["statistics"] == "sidecar"
-    assert seen == [600]  # one pass over the forget set, none over the 5,400 retain rows
+    # Only the forget set is read (once by PGU, once for the next sidecar), never the 5,400
+    # retain rows.
+    assert seen and all(n == 600 for n in seen)
     assert receipt.after.forget.accuracy < receipt.before.forget.accuracy
 
 

@@ -28,11 +28,13 @@ from typing import ClassVar
 import torch
 
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
-from unforget.methods.finetune import (
-    EPOCHS_HELP,
+from unforget.methods.loop import (
     budget_problems,
     descend,
-    recipe_optimizer,
+    epochs_field,
+    finish,
+    lr_scale_field,
+    require,
     retain_epochs,
     retain_objective,
     steps_for,
@@ -44,17 +46,14 @@ class L1SparseConfig:
     """Options of ``l1-sparse``."""
 
     gamma: float = field(default=5e-4, metadata={"help": "initial ℓ1 weight γ (decays to 0)"})
-    epochs: float | None = field(default=None, metadata={"help": EPOCHS_HELP})
-    lr_scale: float = field(
-        default=0.5, metadata={"help": "learning rate as a multiple of the recipe's peak lr"}
-    )
+    epochs: float | None = epochs_field()
+    lr_scale: float = lr_scale_field(0.5)
 
     def __post_init__(self) -> None:
         problems = budget_problems(epochs=self.epochs, lr_scale=self.lr_scale)
         if not 0 <= self.gamma <= 1:
             problems.append("gamma must be in [0, 1]")
-        if problems:
-            raise ValueError("; ".join(problems))
+        require(problems)
 
 
 def l1_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -93,7 +92,7 @@ class L1Sparse:
             name=self.info.name,
             steps=steps,
             loss_fn=loss,
-            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+            lr_scale=config.lr_scale,
             schedule=task.spec.recipe.schedule,
         )
         details = {
@@ -102,11 +101,8 @@ class L1Sparse:
             "gamma": config.gamma,
             "l1_norm_start": round(start_norm, 4),
             "l1_norm_end": round(float(l1_norm(params).detach()), 4),
-            **trace.details(),
         }
-        return Outcome(
-            model=task.model, steps=trace.steps, stop_reason=trace.stop_reason, details=details
-        )
+        return finish(task, trace, details)
 
 
 METHOD = L1Sparse()

@@ -1,11 +1,16 @@
-"""Plain functions shared by the gradient methods: batch pairing, guard rails, quick checks."""
+"""Plain functions shared by the gradient methods: batch pairing, guard rails, quick checks, and
+the small fine-tuning machinery the gradient baselines share (:func:`descend` with the recipe's
+optimiser, :func:`retain_epochs`, :func:`retain_objective`, :func:`finish`)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +18,17 @@ from torch import nn
 from unforget.device import Precision
 from unforget.errors import GuardRailError
 from unforget.loaders import Batch, to_device
-from unforget.methods.base import GuardConfig, Loader
+from unforget.methods.base import GuardConfig, Loader, Outcome, UnlearnTask
+from unforget.progress import Tick
+from unforget.train import augment, lr_factor, make_optimizer
+
+DEFAULT_SHARE = 0.1  # default length: this share of the recipe's epochs, in passes over R
+
+LossFn = Callable[[], torch.Tensor]
+StopFn = Callable[[int], str | None]
+
+EPOCHS_HELP = "passes over the retain set; default: a tenth of the recipe's epochs, at least 1"
+LR_SCALE_HELP = "learning rate as a multiple of the recipe's peak lr"
 
 
 def cycle(loader: Loader) -> Iterator[Batch]:
@@ -123,3 +138,144 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 def weights_differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def budget_problems(*, epochs: float | None, lr_scale: float) -> list[str]:
+    """The checks every fine-tuning baseline makes on its length and learning rate."""
+    problems = []
+    if epochs is not None and not 0 < epochs <= 1000:
+        problems.append("epochs must be in (0, 1000]")
+    if not 0 < lr_scale <= 10:
+        problems.append("lr_scale must be in (0, 10]")
+    return problems
+
+
+def retain_epochs(task: UnlearnTask, epochs: float | None) -> float:
+    """Passes over R: ``epochs`` if given, else a tenth of the recipe's epochs (at least 1)."""
+    if epochs is not None:
+        return epochs
+    return max(1.0, DEFAULT_SHARE * task.spec.recipe.epochs)
+
+
+def steps_for(loader: Loader, epochs: float) -> int:
+    """Optimiser steps in ``epochs`` passes over ``loader`` (at least one)."""
+    return max(1, math.ceil(epochs * len(loader)))
+
+
+def recipe_optimizer(task: UnlearnTask, *, lr_scale: float) -> torch.optim.Optimizer:
+    """The recipe's optimiser (with its momentum and weight decay) at ``lr_scale`` × its lr."""
+    recipe = dataclasses.replace(task.spec.recipe, lr=task.spec.recipe.lr * lr_scale)
+    return make_optimizer([p for p in task.model.parameters() if p.requires_grad], recipe)
+
+
+def retain_objective(task: UnlearnTask) -> LossFn:
+    """L_R on the next retain batch, with the recipe's augmentation and label smoothing."""
+    recipe = task.spec.recipe
+    batches = cycle(task.retain)
+    generator = torch.Generator().manual_seed(task.seed + 1)
+
+    def loss() -> torch.Tensor:
+        x, y = device_batch(next(batches), task.precision)
+        x = augment(x, recipe.augmentation, generator)
+        logits = task.model(x).float()
+        return nn.functional.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+
+    return loss
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What :func:`descend` did: steps taken, why it stopped, first and last loss, wall time."""
+
+    steps: int
+    stop_reason: str
+    first_loss: float
+    last_loss: float
+    seconds: float
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "first_loss": round(self.first_loss, 6),
+            "last_loss": round(self.last_loss, 6),
+            "loop_seconds": round(self.seconds, 3),
+        }
+
+
+def descend(
+    task: UnlearnTask,
+    *,
+    name: str,
+    lr_scale: float,
+    steps: int,
+    loss_fn: LossFn,
+    schedule: str = "constant",
+    after_step: Callable[[], None] | None = None,
+    should_stop: StopFn | None = None,
+) -> Trace:
+    """Minimise ``loss_fn()`` for up to ``steps`` steps of the recipe's optimiser at ``lr_scale``
+    × its peak lr (:func:`recipe_optimizer`) on ``task.model``, guarded.
+
+    Each step: lr ← base lr × ``lr_factor(schedule)``; the loss under autocast (a non-finite loss
+    restores the last good weights and raises :class:`GuardRailError`); backward and step
+    through the AMP scaler; ``after_step()`` (e.g. SalUn's weight mask); the retain-accuracy
+    floor every ``task.guard.check_every`` steps and once more at the end; a progress tick;
+    ``should_stop(step)`` may end the run early with a reason. The model stays in eval mode.
+    """
+    model = task.model
+    optimizer = recipe_optimizer(task, lr_scale=lr_scale)
+    freeze_batchnorm(model)
+    guard = Guard(model, task.retain_eval, task.precision, task.guard)
+    guard.start()
+    scaler = task.precision.scaler()
+    base = [group["lr"] for group in optimizer.param_groups]
+    first = last = float("nan")
+    reason, step, start = "budget", 0, time.perf_counter()
+    for step in range(1, steps + 1):
+        for group, lr in zip(optimizer.param_groups, base, strict=True):
+            group["lr"] = lr * lr_factor(schedule, step - 1, steps)
+        with task.precision.autocast():
+            loss = loss_fn()
+        last = float(loss.detach())
+        guard.check_loss(last, step=step, method=name)
+        first = last if step == 1 else first
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if after_step is not None:
+            after_step()
+        guard.check(step=step, method=name)
+        task.on_progress(Tick(name, step, steps, {"loss": last}))
+        stop = should_stop(step) if should_stop is not None else None
+        if stop:
+            reason = stop
+            break
+    if step % task.guard.check_every:  # the steps since the last periodic check: check once more
+        guard.check(step=0, method=name)
+    return Trace(step, reason, first, last, time.perf_counter() - start)
+
+
+def require(problems: list[str]) -> None:
+    """What every ``Config.__post_init__`` ends with: one ``ValueError`` naming all problems."""
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def epochs_field() -> Any:
+    """The ``epochs`` option of the fine-tuning baselines (None: :func:`retain_epochs`)."""
+    return field(default=None, metadata={"help": EPOCHS_HELP})
+
+
+def lr_scale_field(default: float) -> Any:
+    """The ``lr_scale`` option of the fine-tuning baselines (see :func:`recipe_optimizer`)."""
+    return field(default=default, metadata={"help": LR_SCALE_HELP})
+
+
+def finish(task: UnlearnTask, trace: Trace, details: dict[str, Any]) -> Outcome:
+    """The outcome of a :func:`descend` run: ``details`` followed by the trace's own."""
+    return Outcome(
+        model=task.model,
+        steps=trace.steps,
+        stop_reason=trace.stop_reason,
+        details={**details, **trace.details()},
+    )

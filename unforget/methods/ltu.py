@@ -159,13 +159,6 @@ def membership_gap(
     return nn.functional.huber_loss(ordered, target, delta=delta)
 
 
-def autocast(precision: Precision) -> Any:
-    """The precision's autocast, or fp32 where it would need loss scaling (fp16)."""
-    if precision.needs_scaler:
-        return torch.autocast(device_type=precision.device.type, enabled=False)
-    return precision.autocast()
-
-
 def retain_subset(task: UnlearnTask, *, fraction: float, cap: int) -> Loader:
     """A shuffled loader over ``min(cap, ⌈fraction·|R|⌉)`` retain rows drawn with the seed."""
     dataset = task.retain.dataset
@@ -375,34 +368,6 @@ class MetaStep:
             self.params,
         )
         return g_r, g_f, float((tune + test + remember).detach())
-
-
-def top_eigenvalue(
-    grads: tuple[torch.Tensor | None, ...], params: list[nn.Parameter], *, iterations: int
-) -> float:
-    """Largest |eigenvalue| of the Hessian behind ``grads`` (built with create_graph) by power
-    iteration on Hessian-vector products; 0 when the gradient does not depend on ``params``."""
-    pairs = [(g, p) for g, p in zip(grads, params, strict=True) if g is not None]
-    if not pairs or not any(g.requires_grad for g, _ in pairs):
-        return 0.0
-    vector = [torch.randn_like(p) for _, p in pairs]
-    value = 0.0
-    for _ in range(iterations):
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in vector]))
-        vector = [v / norm for v in vector]
-        hvp = torch.autograd.grad(
-            [g for g, _ in pairs],
-            [p for _, p in pairs],
-            grad_outputs=vector,
-            retain_graph=True,
-            allow_unused=True,
-        )
-        hvp = tuple(
-            h if h is not None else torch.zeros_like(v) for h, v in zip(hvp, vector, strict=True)
-        )
-        value = float(sum((h * v).sum() for h, v in zip(hvp, vector, strict=True)))
-        vector = [h.detach() for h in hvp]
-    return abs(value)
 
 
 def set_grads(params: list[nn.Parameter], vector: torch.Tensor) -> None:

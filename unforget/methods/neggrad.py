@@ -33,8 +33,18 @@ import torch
 from torch import nn
 
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
-from unforget.methods.finetune import StopFn, budget_problems, descend, recipe_optimizer, steps_for
-from unforget.methods.loop import accuracy, cycle, device_batch
+from unforget.methods.loop import (
+    StopFn,
+    accuracy,
+    budget_problems,
+    cycle,
+    descend,
+    device_batch,
+    finish,
+    lr_scale_field,
+    require,
+    steps_for,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,9 +52,7 @@ class NegGradConfig:
     """Options of ``neggrad``."""
 
     max_epochs: float = field(default=5.0, metadata={"help": "cap, in passes over the forget set"})
-    lr_scale: float = field(
-        default=0.1, metadata={"help": "learning rate as a multiple of the recipe's peak lr"}
-    )
+    lr_scale: float = lr_scale_field(0.1)
     check_every: int = field(default=5, metadata={"help": "steps between forget-accuracy checks"})
     probe_rows: int = field(default=1024, metadata={"help": "forget rows in the accuracy probe"})
     stop_at_reference: bool = field(
@@ -57,8 +65,7 @@ class NegGradConfig:
             problems.append("check_every must be >= 1")
         if self.probe_rows < 1:
             problems.append("probe_rows must be >= 1")
-        if problems:
-            raise ValueError("; ".join(problems))
+        require(problems)
 
 
 def forget_probe(task: UnlearnTask, rows: int) -> Loader:
@@ -142,7 +149,7 @@ class NegGrad:
         trace = descend(
             task,
             name=self.info.name,
-            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+            lr_scale=config.lr_scale,
             steps=steps,
             loss_fn=loss,
             should_stop=brake,
@@ -154,11 +161,8 @@ class NegGrad:
             "target_accuracy": None if target is None else round(target, 6),
             "forget_probe_accuracy_start": round(start_forget, 6),
             "history": history,
-            **trace.details(),
         }
-        return Outcome(
-            model=task.model, steps=trace.steps, stop_reason=trace.stop_reason, details=details
-        )
+        return finish(task, trace, details)
 
 
 METHOD = NegGrad()

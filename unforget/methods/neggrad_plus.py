@@ -28,15 +28,18 @@ import torch
 from torch import nn
 
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
-from unforget.methods.finetune import (
-    EPOCHS_HELP,
+from unforget.methods.loop import (
     budget_problems,
     descend,
-    recipe_optimizer,
+    device_batch,
+    epochs_field,
+    finish,
+    lr_scale_field,
+    paired,
+    require,
     retain_epochs,
     steps_for,
 )
-from unforget.methods.loop import device_batch, paired
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,17 +47,14 @@ class NegGradPlusConfig:
     """Options of ``neggrad+``."""
 
     beta: float = field(default=0.95, metadata={"help": "weight of the retain loss, in (0, 1)"})
-    epochs: float | None = field(default=None, metadata={"help": EPOCHS_HELP})
-    lr_scale: float = field(
-        default=0.25, metadata={"help": "learning rate as a multiple of the recipe's peak lr"}
-    )
+    epochs: float | None = epochs_field()
+    lr_scale: float = lr_scale_field(0.25)
 
     def __post_init__(self) -> None:
         problems = budget_problems(epochs=self.epochs, lr_scale=self.lr_scale)
         if not 0 < self.beta < 1:
             problems.append("beta must be in (0, 1)")
-        if problems:
-            raise ValueError("; ".join(problems))
+        require(problems)
 
 
 class NegGradPlus:
@@ -88,17 +88,14 @@ class NegGradPlus:
             name=self.info.name,
             steps=steps,
             loss_fn=loss,
-            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+            lr_scale=config.lr_scale,
         )
         details = {
             "retain_epochs": round(epochs, 4),
             "beta": config.beta,
             "lr": task.spec.recipe.lr * config.lr_scale,
-            **trace.details(),
         }
-        return Outcome(
-            model=task.model, steps=trace.steps, stop_reason=trace.stop_reason, details=details
-        )
+        return finish(task, trace, details)
 
 
 METHOD = NegGradPlus()

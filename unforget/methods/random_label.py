@@ -27,16 +27,19 @@ import torch
 from torch import nn
 
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
-from unforget.methods.finetune import (
-    EPOCHS_HELP,
+from unforget.methods.loop import (
     LossFn,
     budget_problems,
     descend,
-    recipe_optimizer,
+    device_batch,
+    epochs_field,
+    finish,
+    lr_scale_field,
+    paired,
+    require,
     retain_epochs,
     steps_for,
 )
-from unforget.methods.loop import device_batch, paired
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,17 +47,14 @@ class RandomLabelConfig:
     """Options of ``random-label``."""
 
     retain_weight: float = field(default=1.0, metadata={"help": "ρ, weight of the retain loss"})
-    epochs: float | None = field(default=None, metadata={"help": EPOCHS_HELP})
-    lr_scale: float = field(
-        default=0.5, metadata={"help": "learning rate as a multiple of the recipe's peak lr"}
-    )
+    epochs: float | None = epochs_field()
+    lr_scale: float = lr_scale_field(0.5)
 
     def __post_init__(self) -> None:
         problems = budget_problems(epochs=self.epochs, lr_scale=self.lr_scale)
         if not 0 <= self.retain_weight <= 100:
             problems.append("retain_weight must be in [0, 100]")
-        if problems:
-            raise ValueError("; ".join(problems))
+        require(problems)
 
 
 def random_wrong_labels(
@@ -111,16 +111,13 @@ class RandomLabel:
             name=self.info.name,
             steps=steps,
             loss_fn=loss,
-            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+            lr_scale=config.lr_scale,
         )
         details = {
             "retain_epochs": round(epochs, 4),
             "lr": task.spec.recipe.lr * config.lr_scale,
-            **trace.details(),
         }
-        return Outcome(
-            model=task.model, steps=trace.steps, stop_reason=trace.stop_reason, details=details
-        )
+        return finish(task, trace, details)
 
 
 METHOD = RandomLabel()

@@ -39,15 +39,18 @@ from torch import nn
 
 from unforget.device import Precision
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
-from unforget.methods.finetune import (
-    EPOCHS_HELP,
+from unforget.methods.loop import (
     budget_problems,
     descend,
-    recipe_optimizer,
+    device_batch,
+    epochs_field,
+    finish,
+    freeze_batchnorm,
+    lr_scale_field,
+    require,
     retain_epochs,
     steps_for,
 )
-from unforget.methods.loop import device_batch, freeze_batchnorm
 from unforget.methods.random_label import relabel_objective
 
 Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor of the parameter's shape
@@ -59,10 +62,8 @@ class SalUnConfig:
 
     fraction: float = field(default=0.5, metadata={"help": "share of weights that are salient"})
     retain_weight: float = field(default=1.0, metadata={"help": "ρ, weight of the retain loss"})
-    epochs: float | None = field(default=None, metadata={"help": EPOCHS_HELP})
-    lr_scale: float = field(
-        default=0.5, metadata={"help": "learning rate as a multiple of the recipe's peak lr"}
-    )
+    epochs: float | None = epochs_field()
+    lr_scale: float = lr_scale_field(0.5)
 
     def __post_init__(self) -> None:
         problems = budget_problems(epochs=self.epochs, lr_scale=self.lr_scale)
@@ -70,8 +71,7 @@ class SalUnConfig:
             problems.append("fraction must be in (0, 1]")
         if not 0 <= self.retain_weight <= 100:
             problems.append("retain_weight must be in [0, 100]")
-        if problems:
-            raise ValueError("; ".join(problems))
+        require(problems)
 
 
 def forget_saliency(
@@ -163,7 +163,7 @@ class SalUn:
             name=self.info.name,
             steps=steps,
             loss_fn=loss,
-            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+            lr_scale=config.lr_scale,
             after_step=keep_outside(task.model, mask),
         )
         salient = sum(int(m.sum()) for m in mask.values())
@@ -174,11 +174,8 @@ class SalUn:
             "salient_parameters": salient,
             "total_parameters": total,
             "mask_sha256": mask_digest(mask),
-            **trace.details(),
         }
-        return Outcome(
-            model=task.model, steps=trace.steps, stop_reason=trace.stop_reason, details=details
-        )
+        return finish(task, trace, details)
 
 
 METHOD = SalUn()

@@ -40,15 +40,18 @@ from torch import nn
 
 from unforget.loaders import Batch
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
-from unforget.methods.finetune import (
-    EPOCHS_HELP,
+from unforget.methods.loop import (
     budget_problems,
+    cycle,
     descend,
-    recipe_optimizer,
+    device_batch,
+    epochs_field,
+    finish,
+    lr_scale_field,
+    require,
     retain_epochs,
     steps_for,
 )
-from unforget.methods.loop import cycle, device_batch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,10 +63,8 @@ class ScrubConfig:
     temperature: float = field(default=4.0, metadata={"help": "softmax temperature T of d"})
     rounds: int = field(default=3, metadata={"help": "min phases (the paper's epochs)"})
     max_rounds: int = field(default=2, metadata={"help": "rounds opening with a max pass on F"})
-    epochs: float | None = field(default=None, metadata={"help": EPOCHS_HELP})
-    lr_scale: float = field(
-        default=0.1, metadata={"help": "learning rate as a multiple of the recipe's peak lr"}
-    )
+    epochs: float | None = epochs_field()
+    lr_scale: float = lr_scale_field(0.1)
 
     def __post_init__(self) -> None:
         problems = budget_problems(epochs=self.epochs, lr_scale=self.lr_scale)
@@ -75,8 +76,7 @@ class ScrubConfig:
             problems.append("rounds must be >= 1")
         if not 0 <= self.max_rounds <= self.rounds:
             problems.append("max_rounds must be in [0, rounds]")
-        if problems:
-            raise ValueError("; ".join(problems))
+        require(problems)
 
 
 def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -151,18 +151,15 @@ class Scrub:
             name=self.info.name,
             steps=steps,
             loss_fn=loss,
-            optimizer=recipe_optimizer(task, lr_scale=config.lr_scale),
+            lr_scale=config.lr_scale,
         )
         details = {
             "retain_epochs": round(epochs, 4),
             "max_steps": max_steps,
             "min_steps": config.rounds * retain_steps,
             "lr": task.spec.recipe.lr * config.lr_scale,
-            **trace.details(),
         }
-        return Outcome(
-            model=student, steps=trace.steps, stop_reason=trace.stop_reason, details=details
-        )
+        return finish(task, trace, details)
 
 
 METHOD = Scrub()
