@@ -32,10 +32,10 @@ from unforget.manifest import read_manifest
 from unforget.methods import get_method, make_config
 from unforget.methods import pgu_stats as stats_io
 from unforget.methods.base import Loader, UnlearnTask
+from unforget.methods.common import reference_target
 from unforget.methods.ltu import harmonize, margins, membership_gap
 from unforget.methods.lur import look_ahead, lur_objective
 from unforget.methods.pgu import (
-    reference_target,
     retain_statistics,
     retained_bases,
     sidecar_update,

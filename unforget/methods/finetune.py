@@ -91,4 +91,5 @@ class FineTune:
         }
         return finish(task, trace, details)
 
+
 METHOD = FineTune()

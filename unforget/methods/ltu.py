@@ -67,8 +67,16 @@ from torch.func import functional_call
 from unforget.device import Precision
 from unforget.errors import InputError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
-from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, weights_differ
-from unforget.methods.pgu import ReferenceStop, calibrated_lr
+from unforget.methods.common import (
+    ReferenceStop,
+    autocast,
+    capped_lr,
+    forget_epochs,
+    stop_problems,
+    stopped_outcome,
+    top_eigenvalue,
+)
+from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, require
 from unforget.progress import Tick
 
 
@@ -109,12 +117,10 @@ class LtuConfig:
             problems.append("retain_fraction must be in (0, 1]")
         if self.retain_cap < 1:
             problems.append("retain_cap must be >= 1")
-        if self.max_epochs < 1:
-            problems.append("max_epochs must be >= 1")
-        if not 0.0 < self.max_reference_drop <= 1.0:
-            problems.append("max_reference_drop must be in (0, 1]")
-        if problems:
-            raise ValueError("; ".join(problems))
+        problems += stop_problems(
+            max_epochs=self.max_epochs, max_reference_drop=self.max_reference_drop
+        )
+        require(problems)
 
 
 def harmonize(g_r: torch.Tensor, g_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,14 +215,7 @@ class Ltu:
         steps = 0
         if not stop.measure(0):
             steps = _meta_loop(task, config, subset, stop, details)
-        details.update(history=stop.history, kept_epoch=stop.kept_epoch)
-        return Outcome(
-            model=model,
-            steps=steps,
-            stop_reason=stop.reason(),
-            details=details,
-            weights_changed=weights_differ(before, model.state_dict()),
-        )
+        return stopped_outcome(model, before, steps=steps, stop=stop, details=details)
 
 
 def _meta_loop(
@@ -247,9 +246,7 @@ def _meta_loop(
     optimizer = torch.optim.SGD(meta.params, lr=lr or 0.0)
     guard = Guard(model, task.retain_eval, precision, task.guard)
     guard.start()
-    epochs = max(
-        1, min(config.max_epochs, math.floor(config.budget * task.n_retain / max(task.n_forget, 1)))
-    )
+    epochs = forget_epochs(task, budget=config.budget, max_epochs=config.max_epochs)
     total = epochs * len(task.forget)
     step = 0
     for epoch in range(1, epochs + 1):
@@ -264,8 +261,7 @@ def _meta_loop(
             r, f = harmonize(g_r, g_f)
             set_grads(meta.params, r + f)
             if lr is None:
-                relative = calibrated_lr(meta.params, config.relative_step)
-                lr = min(relative, stable_lr) if relative is not None else None
+                lr = capped_lr(meta.params, config.relative_step, stable_lr)
                 optimizer.param_groups[0]["lr"] = details["lr"] = lr or 0.0
             optimizer.step()
             step += 1

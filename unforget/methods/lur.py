@@ -44,7 +44,6 @@ Choices where the paper leaves them open, and why:
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,9 +54,17 @@ from torch.func import functional_call
 from unforget.device import Precision
 from unforget.errors import InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
-from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, weights_differ
-from unforget.methods.ltu import autocast, top_eigenvalue
-from unforget.methods.pgu import ReferenceStop, calibrated_lr
+from unforget.methods.common import (
+    ReferenceStop,
+    autocast,
+    capped_lr,
+    forget_epochs,
+    stop_problems,
+    stopped_outcome,
+    top_eigenvalue,
+)
+from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, require
+from unforget.methods.random_label import random_wrong_labels
 from unforget.progress import Tick
 
 
@@ -91,20 +98,10 @@ class LurConfig:
             problems.append("retain_weight must be >= 0")
         if self.power_iterations < 1:
             problems.append("power_iterations must be >= 1")
-        if self.max_epochs < 1:
-            problems.append("max_epochs must be >= 1")
-        if not 0.0 < self.max_reference_drop <= 1.0:
-            problems.append("max_reference_drop must be in (0, 1]")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-
-def random_wrong_labels(
-    y: torch.Tensor, num_classes: int, generator: torch.Generator
-) -> torch.Tensor:
-    """A uniformly drawn class different from ``y`` for every row (needs ≥ 2 classes)."""
-    shift = torch.randint(1, num_classes, y.shape, generator=generator).to(y.device)
-    return (y + shift) % num_classes
+        problems += stop_problems(
+            max_epochs=self.max_epochs, max_reference_drop=self.max_reference_drop
+        )
+        require(problems)
 
 
 def fixed_wrong_labels(
@@ -184,14 +181,7 @@ class Lur:
         steps = 0
         if not stop.measure(0):
             steps = _loop(task, config, stop, details)
-        details.update(history=stop.history, kept_epoch=stop.kept_epoch)
-        return Outcome(
-            model=model,
-            steps=steps,
-            stop_reason=stop.reason(),
-            details=details,
-            weights_changed=weights_differ(before, model.state_dict()),
-        )
+        return stopped_outcome(model, before, steps=steps, stop=stop, details=details)
 
 
 def _loop(
@@ -224,9 +214,7 @@ def _loop(
     optimizer = torch.optim.SGD(list(params.values()), lr=lr or 0.0)
     guard = Guard(model, task.retain_eval, precision, task.guard)
     guard.start()
-    epochs = max(
-        1, min(config.max_epochs, math.floor(config.budget * task.n_retain / max(task.n_forget, 1)))
-    )
+    epochs = forget_epochs(task, budget=config.budget, max_epochs=config.max_epochs)
     per_epoch, step = len(task.forget), 0
     for epoch in range(1, epochs + 1):
         for _ in range(per_epoch):
@@ -243,8 +231,7 @@ def _loop(
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             if lr is None:
-                relative = calibrated_lr(list(params.values()), config.relative_step)
-                lr = min(relative, stable_lr) if relative is not None else None
+                lr = capped_lr(list(params.values()), config.relative_step, stable_lr)
                 optimizer.param_groups[0]["lr"] = details["lr"] = lr or 0.0
             optimizer.step()
             step += 1

@@ -53,20 +53,23 @@ Choices where the paper is silent or we depart from it, and why:
 from __future__ import annotations
 
 import copy
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from unforget.errors import CheckpointError, InputError
-from unforget.evaluate import predict
-from unforget.loaders import RowSource
-from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
-from unforget.methods.loop import Guard, device_batch, freeze_batchnorm, weights_differ
+from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
+from unforget.methods.common import (
+    ReferenceStop,
+    calibrated_lr,
+    forget_epochs,
+    stop_problems,
+    stopped_outcome,
+)
+from unforget.methods.loop import Guard, device_batch, freeze_batchnorm, require
 from unforget.methods.pgu_stats import (
     SAMPLES_KEY,
     Layer,
@@ -114,12 +117,10 @@ class PguConfig:
             problems.append("entropy_weight must be >= 0")
         if self.budget <= 0.0:
             problems.append("budget must be > 0")
-        if self.max_epochs < 1:
-            problems.append("max_epochs must be >= 1")
-        if not 0.0 < self.max_reference_drop <= 1.0:
-            problems.append("max_reference_drop must be in (0, 1]")
-        if problems:
-            raise ValueError("; ".join(problems))
+        problems += stop_problems(
+            max_epochs=self.max_epochs, max_reference_drop=self.max_reference_drop
+        )
+        require(problems)
 
 
 def forget_objective(
@@ -228,14 +229,7 @@ class Pgu:
         finally:
             for p, flag in flags.items():
                 p.requires_grad_(flag)
-        details.update(history=stop.history, kept_epoch=stop.kept_epoch)
-        return Outcome(
-            model=model,
-            steps=steps,
-            stop_reason=stop.reason(),
-            details=details,
-            weights_changed=weights_differ(before, model.state_dict()),
-        )
+        return stopped_outcome(model, before, steps=steps, stop=stop, details=details)
 
 
 def retain_statistics(task: UnlearnTask) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -309,9 +303,7 @@ def _descend(
     stop = ReferenceStop(model, task, max_drop=config.max_reference_drop)
     if stop.measure(0):
         return 0, stop
-    epochs = max(
-        1, min(config.max_epochs, math.floor(config.budget * task.n_retain / max(task.n_forget, 1)))
-    )
+    epochs = forget_epochs(task, budget=config.budget, max_epochs=config.max_epochs)
     total = epochs * len(task.forget)
     decay = config.lr_decay ** (1.0 / max(total - 1, 1))
     optimizer = torch.optim.SGD(trainable, lr=config.lr or 0.0, momentum=0.0, weight_decay=0.0)

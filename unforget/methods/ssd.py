@@ -45,7 +45,7 @@ from torch.func import functional_call, grad, vmap
 from unforget.device import Precision
 from unforget.errors import GuardRailError, InputError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
-from unforget.methods.loop import device_batch, freeze_batchnorm
+from unforget.methods.loop import device_batch, freeze_batchnorm, require
 from unforget.progress import Tick
 
 CHUNK_ENTRIES = 2**26  # per-sample gradient entries held at once (256 MiB in fp32)
@@ -72,8 +72,7 @@ class SsdConfig:
             problems.append("ratio must be >= 1")
         if not self.lam > 0:
             problems.append("lam must be > 0")
-        if problems:
-            raise ValueError("; ".join(problems))
+        require(problems)
 
 
 def default_alpha(ratio: float, forget_share: float) -> float:
