@@ -79,10 +79,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, help="write the full set (train/heldout parquet) here")
-    target.add_argument("--sample", action="store_true",
-                        help=f"write the small sample to {ROOT / 'sample_data' / 'text'}")
-    parser.add_argument("--skip-train", action="store_true",
-                        help="--sample: data, spec and manifest only")
+    target.add_argument(
+        "--sample",
+        action="store_true",
+        help=f"write the small sample to {ROOT / 'sample_data' / 'text'}",
+    )
+    parser.add_argument(
+        "--skip-train", action="store_true", help="--sample: data, spec and manifest only"
+    )
     args = parser.parse_args()
     corpus = load_corpus()
     if args.out is not None:
@@ -90,23 +94,37 @@ def main() -> None:
         print(export(args.out, train, heldout))
         return
     out = ROOT / "sample_data" / "text"
-    train, heldout = sample_by_movie(corpus, train_size=SAMPLE_TRAIN,
-                                     heldout_size=SAMPLE_HELDOUT, seed=SEED)
+    train, heldout = sample_by_movie(
+        corpus, train_size=SAMPLE_TRAIN, heldout_size=SAMPLE_HELDOUT, seed=SEED
+    )
     print(export(out, train, heldout))
     (out / "unforget.toml").write_text(SAMPLE_SPEC.format(**SAMPLE_MODEL), encoding="utf-8")
     rng = np.random.default_rng(SEED + 2)
     ids = train["id"].to_numpy()
     random_ids = sorted(rng.choice(ids, size=len(ids) // 10, replace=False))
-    _write_manifest(out / "forget_random10.txt", random_ids,
-                    "random 10% of the text sample's training split")
+    _write_manifest(
+        out / "forget_random10.txt", random_ids, "random 10% of the text sample's training split"
+    )
     if not args.skip_train:
         # One CPU thread: float sums then run in one order, so the checkpoint does not depend
         # on the building machine's core count.
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         subprocess.run(
-            [sys.executable, "-m", "unforget", "train", "--config", str(out / "unforget.toml"),
-             "--out", str(out / "model.safetensors"), "--device", "cpu", "--force"],
-            check=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "unforget",
+                "train",
+                "--config",
+                str(out / "unforget.toml"),
+                "--out",
+                str(out / "model.safetensors"),
+                "--device",
+                "cpu",
+                "--force",
+            ],
+            check=True,
+            env=env,
         )
 
 
@@ -134,16 +152,19 @@ def load_corpus() -> pd.DataFrame:
     reviews = raw[raw["category"].isin(CLASS_NAMES)]
     reviews = reviews[reviews["text"].notna() & (reviews["text"].str.strip() != "")]
     reviews = reviews.drop_duplicates(subset="text", keep="first")
-    return pd.DataFrame({
-        "id": [f"rt-{r:05d}" for r in reviews["row"]],
-        "text": reviews["text"].str.strip().to_numpy(),
-        "movie": reviews["movie_name"].astype(str).to_numpy(),
-        "label": reviews["category"].map(CLASS_NAMES.index).to_numpy(np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"rt-{r:05d}" for r in reviews["row"]],
+            "text": reviews["text"].str.strip().to_numpy(),
+            "movie": reviews["movie_name"].astype(str).to_numpy(),
+            "label": reviews["category"].map(CLASS_NAMES.index).to_numpy(np.int64),
+        }
+    )
 
 
-def split_by_movie(frame: pd.DataFrame, *, heldout_fraction: float,
-                   seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_by_movie(
+    frame: pd.DataFrame, *, heldout_fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Whole movies, in a seeded random order, go to held-out until it has its share of rows."""
     movies = _shuffled_movies(frame, seed)
     sizes = frame.groupby("movie").size()
@@ -153,8 +174,9 @@ def split_by_movie(frame: pd.DataFrame, *, heldout_fraction: float,
     return frame[~heldout].reset_index(drop=True), frame[heldout].reset_index(drop=True)
 
 
-def sample_by_movie(frame: pd.DataFrame, *, train_size: int, heldout_size: int,
-                    seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def sample_by_movie(
+    frame: pd.DataFrame, *, train_size: int, heldout_size: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A small split by movie: the first shuffled movies fill held-out, the next ones train.
 
     The last movie on each side is cut to hit the sizes exactly; that keeps every movie on one
@@ -168,8 +190,10 @@ def sample_by_movie(frame: pd.DataFrame, *, train_size: int, heldout_size: int,
     train = rest.head(train_size)
     if len(train) < train_size:
         sys.exit(f"the corpus has too few snippets for a {train_size}/{heldout_size} sample")
-    return (train.drop(columns="_rank").sort_values("id").reset_index(drop=True),
-            heldout.drop(columns="_rank").sort_values("id").reset_index(drop=True))
+    return (
+        train.drop(columns="_rank").sort_values("id").reset_index(drop=True),
+        heldout.drop(columns="_rank").sort_values("id").reset_index(drop=True),
+    )
 
 
 def write_split(path: Path, frame: pd.DataFrame) -> None:
@@ -177,14 +201,17 @@ def write_split(path: Path, frame: pd.DataFrame) -> None:
     import pyarrow.parquet as pq
     from datasets import ClassLabel, Dataset, Features, Value
 
-    features = Features({
-        "id": Value("string"),
-        "text": Value("string"),
-        "movie": Value("string"),
-        "label": ClassLabel(names=list(CLASS_NAMES)),
-    })
-    dataset = Dataset.from_dict({name: frame[name].tolist() for name in features},
-                                features=features)
+    features = Features(
+        {
+            "id": Value("string"),
+            "text": Value("string"),
+            "movie": Value("string"),
+            "label": ClassLabel(names=list(CLASS_NAMES)),
+        }
+    )
+    dataset = Dataset.from_dict(
+        {name: frame[name].tolist() for name in features}, features=features
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     # The table's schema metadata carries the features, so ClassLabel names survive a reload.
     table = dataset.data.table.replace_schema_metadata(features.arrow_schema.metadata)
@@ -198,8 +225,12 @@ def export(out: Path, train: pd.DataFrame, heldout: pd.DataFrame) -> dict[str, i
         raise RuntimeError(f"movies on both sides of the split: {sorted(shared)[:3]}")
     write_split(out / "train.parquet", train)
     write_split(out / "heldout.parquet", heldout)
-    return {"train": len(train), "heldout": len(heldout),
-            "train_movies": train["movie"].nunique(), "heldout_movies": heldout["movie"].nunique()}
+    return {
+        "train": len(train),
+        "heldout": len(heldout),
+        "train_movies": train["movie"].nunique(),
+        "heldout_movies": heldout["movie"].nunique(),
+    }
 
 
 def _shuffled_movies(frame: pd.DataFrame, seed: int) -> list[str]:

@@ -32,7 +32,7 @@ from unforget.errors import CheckpointError, SpecError
 from unforget.evaluate import predict, score
 from unforget.loaders import make_loader, source
 from unforget.models import text as text_model
-from unforget.spec import DataSpec, ModelSpec, merge_spec
+from unforget.spec import DataSpec, ModelSpec, RunSpec, merge_spec
 from unforget.text import (
     TextEncoder,
     encoder_from_json,
@@ -53,14 +53,20 @@ FILLER = ("the", "film", "plot", "actors", "story", "is", "a", "with", "and", "d
 STRANGE = ["", "☃☃☃ ✈✈ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ꙮꙮ", "qzxv " * 200, "great", "\t\n  "]
 
 
-def write_tiny_text(folder: Path, *, n_train: int = 240, n_heldout: int = 120,
-                    seed: int = 0) -> Path:
+def write_tiny_text(
+    folder: Path, *, n_train: int = 240, n_heldout: int = 120, seed: int = 0
+) -> Path:
     """A separable toy sentiment set: the label is whether the sentiment word is positive."""
     from datasets import ClassLabel, Dataset, Features, Value
 
     rng = np.random.default_rng(seed)
-    features = Features({"id": Value("string"), "text": Value("string"),
-                         "label": ClassLabel(names=["negative", "positive"])})
+    features = Features(
+        {
+            "id": Value("string"),
+            "text": Value("string"),
+            "label": ClassLabel(names=["negative", "positive"]),
+        }
+    )
     folder.mkdir(parents=True, exist_ok=True)
     start = 0
     for split, size in (("train", n_train), ("heldout", n_heldout)):
@@ -68,23 +74,28 @@ def write_tiny_text(folder: Path, *, n_train: int = 240, n_heldout: int = 120,
         texts = []
         for label in labels:
             words = list(rng.choice(FILLER, size=int(rng.integers(3, 9))))
-            words.insert(int(rng.integers(0, len(words) + 1)),
-                         str(rng.choice(POSITIVE if label else NEGATIVE)))
+            words.insert(
+                int(rng.integers(0, len(words) + 1)),
+                str(rng.choice(POSITIVE if label else NEGATIVE)),
+            )
             texts.append(" ".join(words))
         ids = [f"t-{i:04d}" for i in range(start, start + size)]
         start += size
-        Dataset.from_dict({"id": ids, "text": texts, "label": labels.tolist()},
-                          features=features).to_parquet(str(folder / f"{split}.parquet"))
+        Dataset.from_dict(
+            {"id": ids, "text": texts, "label": labels.tolist()}, features=features
+        ).to_parquet(str(folder / f"{split}.parquet"))
     return folder
 
 
-def tiny_spec(data: Path, **model: object) -> object:
+def tiny_spec(data: Path, **model: object) -> RunSpec:
     kwargs = {"vocab_size": 200, "dim": 16, "layers": 1, "heads": 2, "dropout": 0.0, **model}
-    return merge_spec({
-        "model": {"name": "text", "kwargs": kwargs},
-        "data": {"path": str(data), "input_columns": ["text"], "max_length": 16},
-        "recipe": {"epochs": 8, "batch_size": 32, "lr": 0.003, "seed": 0},
-    })
+    return merge_spec(
+        {
+            "model": {"name": "text", "kwargs": kwargs},
+            "data": {"path": str(data), "input_columns": ["text"], "max_length": 16},
+            "recipe": {"epochs": 8, "batch_size": 32, "lr": 0.003, "seed": 0},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +117,9 @@ def naive_wordpiece(counts: dict[str, int], *, vocab_size: int, min_frequency: i
     for word, count in counts.items():
         for char in set(word):
             chars[char] += count
-    ranked = sorted((c for c in chars if chars[c] >= min_frequency),
-                    key=lambda c: (-chars[c], c))[: vocab_size // 2]
+    ranked = sorted((c for c in chars if chars[c] >= min_frequency), key=lambda c: (-chars[c], c))[
+        : vocab_size // 2
+    ]
     pieces = sorted(ranked) + ["##" + c for c in sorted(ranked)]
     words = {w: [w[0]] + ["##" + c for c in w[1:]] for w in counts if set(w) <= set(ranked)}
     while len(pieces) < vocab_size:
@@ -142,8 +154,10 @@ def test_learn_wordpiece_matches_the_naive_reference(seed: int) -> None:
     merges of recounting everything each time, ties included."""
     rng = np.random.default_rng(seed)
     letters = list("abcdeé")
-    counts = {"".join(rng.choice(letters, size=int(rng.integers(1, 8)))): int(rng.zipf(1.6))
-              for _ in range(300)}
+    counts = {
+        "".join(rng.choice(letters, size=int(rng.integers(1, 8)))): int(rng.zipf(1.6))
+        for _ in range(300)
+    }
     for vocab_size, min_frequency in ((60, 1), (200, 2), (12, 1)):
         fast = learn_wordpiece(counts, vocab_size=vocab_size, min_frequency=min_frequency)
         slow = naive_wordpiece(counts, vocab_size=vocab_size, min_frequency=min_frequency)
@@ -155,15 +169,23 @@ def test_vocabulary_is_the_same_in_every_process(tmp_path: Path) -> None:
     """``tokenizers``' own trainer breaks ties in hash-map order (a new vocabulary per run);
     ours must not depend on the process, e.g. on Python's string-hash seed."""
     data = write_tiny_text(tmp_path / "data")
-    code = ("import sys; from unforget.data import load_split; from unforget.spec import "
-            "DataSpec; from unforget.text import fit_tokenizer; "
-            f"s = load_split(DataSpec(path={str(data)!r}, input_columns=('text',)), 'train'); "
-            "sys.stdout.write(fit_tokenizer(s, 'text', vocab_size=150, max_length=8).to_json())")
+    code = (
+        "import sys; from unforget.data import load_split; from unforget.spec import "
+        "DataSpec; from unforget.text import fit_tokenizer; "
+        f"s = load_split(DataSpec(path={str(data)!r}, input_columns=('text',)), 'train'); "
+        "sys.stdout.write(fit_tokenizer(s, 'text', vocab_size=150, max_length=8).to_json())"
+    )
     outputs = set()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        run = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
-                             capture_output=True, text=True)
+        run = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         outputs.add(run.stdout)
     assert len(outputs) == 1
 
@@ -181,8 +203,9 @@ def test_vocabulary_only_holds_pieces_seen_in_two_rows(tmp_path: Path) -> None:
     split = load_split(DataSpec(path=str(data), input_columns=("text",)), "train")
     vocab = fit_tokenizer(split, "text", vocab_size=500, max_length=16).tokenizer.get_vocab()
     assert not any("z" in token for token in vocab)  # z occurs in that one row only
-    without = fit_tokenizer(split, "text", vocab_size=500, max_length=16,
-                            rows=np.arange(1, len(split))).tokenizer.get_vocab()
+    without = fit_tokenizer(
+        split, "text", vocab_size=500, max_length=16, rows=np.arange(1, len(split))
+    ).tokenizer.get_vocab()
     assert set(without) <= set(vocab)
 
 
@@ -244,8 +267,9 @@ def test_text_model_is_finite_on_empty_and_unknown_rows() -> None:
     """Rows of padding only (empty text) used to give NaN in eval mode (fused attention with
     every key masked); rows of [UNK] only are ordinary input."""
     torch.manual_seed(0)
-    model = text_model.build(input_shape=(10,), num_classes=3, vocab_size=50, dim=16,
-                             layers=2, heads=2)
+    model = text_model.build(
+        input_shape=(10,), num_classes=3, vocab_size=50, dim=16, layers=2, heads=2
+    )
     x = torch.zeros(4, 10, dtype=torch.long)
     x[1, :7] = 1  # all [UNK]
     x[2, :3] = torch.tensor([5, 6, 7])
@@ -285,9 +309,13 @@ def test_tokenizer_round_trips_through_checkpoint_metadata(tiny_text_ckpt: Path)
     spec = json.loads(checkpoint.metadata[KEY_SPEC])
     assert spec["model"]["kwargs"]["vocab_size"] == ws.encoder.vocab_size
     model = ws.load_model(None, CPU)
-    loader = make_loader(source(ws.heldout, ws.evidence_rows(), spec=ws.spec.data, info=ws.info,
-                                encoder=ws.encoder),
-                         batch_size=64, shuffle=False, seed=0, device=CPU.device)
+    loader = make_loader(
+        source(ws.heldout, ws.evidence_rows(), spec=ws.spec.data, info=ws.info, encoder=ws.encoder),
+        batch_size=64,
+        shuffle=False,
+        seed=0,
+        device=CPU.device,
+    )
     heldout = score(predict(model, loader, precision=CPU))
     recorded = json.loads(checkpoint.metadata[KEY_PROVENANCE])["heldout_accuracy"]
     assert heldout.accuracy == pytest.approx(recorded, abs=1e-6)
@@ -297,14 +325,18 @@ def test_tokenizer_round_trips_through_checkpoint_metadata(tiny_text_ckpt: Path)
     assert torch.isfinite(logits).all()
 
 
-def test_text_checkpoint_without_tokenizer_is_a_clear_error(tiny_text_ckpt: Path,
-                                                            tmp_path: Path) -> None:
+def test_text_checkpoint_without_tokenizer_is_a_clear_error(
+    tiny_text_ckpt: Path, tmp_path: Path
+) -> None:
     from unforget.checkpoint import save_checkpoint
 
     checkpoint = load_checkpoint(tiny_text_ckpt)
     stripped = tmp_path / "no-tokenizer.safetensors"
-    meta = {k: v for k, v in checkpoint.metadata.items()
-            if k.startswith("unforget.") and k not in {KEY_TOKENIZER, "unforget.format"}}
+    meta = {
+        k: v
+        for k, v in checkpoint.metadata.items()
+        if k.startswith("unforget.") and k not in {KEY_TOKENIZER, "unforget.format"}
+    }
     save_checkpoint(stripped, checkpoint.tensors, metadata=meta)
     data = json.loads(meta[KEY_SPEC])["data"]["path"]
     with pytest.raises(CheckpointError, match="no tokenizer"):
@@ -339,8 +371,9 @@ def test_text_sample_is_split_by_movie() -> None:
 def test_text_sample_model_memorises_its_training_set() -> None:
     """What makes the sample useful: it learnt (held-out well above chance) and it overfits
     (train far above held-out), so a membership audit has something to find."""
-    provenance = json.loads(load_checkpoint(TEXT_SAMPLE / "model.safetensors")
-                            .metadata[KEY_PROVENANCE])
+    provenance = json.loads(
+        load_checkpoint(TEXT_SAMPLE / "model.safetensors").metadata[KEY_PROVENANCE]
+    )
     assert provenance["train_accuracy"] >= 0.98
     assert 0.65 <= provenance["heldout_accuracy"] <= 0.85
     assert provenance["train_accuracy"] - provenance["heldout_accuracy"] >= 0.15
@@ -353,9 +386,12 @@ def test_nabla_tau_forgets_a_random_tenth_of_the_text_sample(tmp_path: Path) -> 
     pytest.importorskip("unforget.methods.nabla_tau")
     from unforget.unlearn import ApplyRequest, apply
 
-    request = ApplyRequest(ckpt=TEXT_SAMPLE / "model.safetensors",
-                           manifest=TEXT_SAMPLE / "forget_random10.txt",
-                           method="nabla-tau", out=tmp_path / "unlearned.safetensors")
+    request = ApplyRequest(
+        ckpt=TEXT_SAMPLE / "model.safetensors",
+        manifest=TEXT_SAMPLE / "forget_random10.txt",
+        method="nabla-tau",
+        out=tmp_path / "unlearned.safetensors",
+    )
     receipt = apply(request, precision=CPU).receipt
     assert receipt is not None
     before, after = receipt.before, receipt.after
@@ -404,11 +440,13 @@ def test_hf_sequence_classifier_trains_and_exports_a_loadable_directory(tmp_path
     directory and, with its own tokenizer, gives the logits unforget computes."""
     base = minilm_directory()
     data = write_tiny_text(tmp_path / "data", n_train=48, n_heldout=24)
-    spec = merge_spec({
-        "model": {"name": HF_FACTORY, "kwargs": {"path": str(base)}},
-        "data": {"path": str(data), "input_columns": ["text"], "max_length": 24},
-        "recipe": {"epochs": 2, "batch_size": 16, "lr": 5e-5, "seed": 0},
-    })
+    spec = merge_spec(
+        {
+            "model": {"name": HF_FACTORY, "kwargs": {"path": str(base)}},
+            "data": {"path": str(data), "input_columns": ["text"], "max_length": 24},
+            "recipe": {"epochs": 2, "batch_size": 16, "lr": 5e-5, "seed": 0},
+        }
+    )
     ckpt = tmp_path / "minilm.safetensors"
     train_checkpoint(spec, out=ckpt, precision=CPU, allow_plugin=True)
     stored = encoder_from_json(load_checkpoint(ckpt).metadata[KEY_TOKENIZER], max_length=24)
@@ -420,14 +458,20 @@ def test_hf_sequence_classifier_trains_and_exports_a_loadable_directory(tmp_path
 
     export = export_model_dir(ckpt, tmp_path / "exported")
     assert {"config.json", "model.safetensors", "tokenizer.json", "unforget.json"} <= set(
-        export.files)
+        export.files
+    )
+    record = json.loads((export.out / "unforget.json").read_text())
+    assert record["source_sha256"] == load_checkpoint(ckpt).sha256
+    assert record["spec"]["model"]["name"] == HF_FACTORY
     exported = AutoModelForSequenceClassification.from_pretrained(
-        str(export.out), local_files_only=True).eval()
+        str(export.out), local_files_only=True
+    ).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(export.out), local_files_only=True)
     assert exported.config.id2label == {0: "negative", 1: "positive"}
     texts = ["a great and moving film", "", "dull ☃ story with the actors"]
-    batch = tokenizer(texts, padding="max_length", truncation=True, max_length=24,
-                      return_tensors="pt")
+    batch = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=24, return_tensors="pt"
+    )
     ws = open_workspace(ckpt, flags={"model.name": HF_FACTORY})
     ours = ws.load_model(None, CPU).eval()
     ids = torch.from_numpy(ws.encoder(texts))  # type: ignore[misc]

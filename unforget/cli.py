@@ -214,6 +214,41 @@ def inspect_cmd(
 
 
 @app.command(
+    name="export-hf",
+    epilog="Example:\n\n  unforget export-hf model.unlearned.safetensors --out minilm-unlearned/",
+)
+def export_hf(
+    ckpt: Annotated[
+        Path, typer.Argument(help="Checkpoint of unforget.models.hf:sequence_classifier.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
+    base: Annotated[
+        Path | None,
+        typer.Option("--base", help="Pretrained model directory (default: the one in the spec)."),
+    ] = None,
+    force: Force = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write a HuggingFace model directory (config, tokenizer, weights) from a checkpoint."""
+    from unforget.hf_dir import export_model_dir
+
+    done = export_model_dir(ckpt, out, base=base, force=force)
+    if as_json:
+        _emit_json(
+            {
+                "schema": "unforget.export-hf/1",
+                "out": str(done.out),
+                "checkpoint_sha256": done.checkpoint_sha256,
+                "files": list(done.files),
+            }
+        )
+    elif not quiet:
+        _console().print(f"exported {ckpt} -> {done.out} ({', '.join(done.files)})")
+
+
+@app.command(
     epilog="Examples:\n\n  unforget apply --ckpt model.safetensors --forget ids.txt"
     "\n\n  unforget apply --ckpt model.safetensors --forget ids.txt --method scrub --json"
     "\n\n  unforget apply --ckpt model.safetensors --forget ids.txt --set lr=3e-4",

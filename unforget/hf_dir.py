@@ -7,6 +7,7 @@ load as they are: ``config.json`` (with the class names as labels), ``model.safe
 the checkpoint's own tokenizer (``tokenizer.json``, plus the base directory's tokenizer
 config files), and ``unforget.json`` with the checkpoint's spec, provenance and deletion
 ledger (salted ID hashes only), so the exported model still says what was deleted from it.
+The CLI command ``unforget export-hf`` calls :func:`export_model_dir`.
 
 The directory is assembled in a temporary folder beside ``out`` and renamed into place, so a
 failure never leaves a half-written model behind.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -31,8 +33,15 @@ if TYPE_CHECKING:
 
 FACTORY = "unforget.models.hf:sequence_classifier"
 # Tokenizer files AutoTokenizer may read besides tokenizer.json; copied when the base has them.
-TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model")
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+)
 
 
 @dataclass(frozen=True)
@@ -44,8 +53,9 @@ class Export:
     files: tuple[str, ...]
 
 
-def export_model_dir(ckpt: Path, out: Path, *, base: Path | None = None,
-                     force: bool = False) -> Export:
+def export_model_dir(
+    ckpt: Path, out: Path, *, base: Path | None = None, force: bool = False
+) -> Export:
     """Write ``ckpt`` (a sequence-classifier checkpoint) as a HuggingFace model directory.
 
     Args:
@@ -68,11 +78,14 @@ def export_model_dir(ckpt: Path, out: Path, *, base: Path | None = None,
     directory = model_directory(base or _recorded_base(checkpoint.path, spec), need_weights=False)
     tokenizer = checkpoint.metadata.get(ckpt_io.KEY_TOKENIZER)
     if not tokenizer:
-        raise CheckpointError(f"{checkpoint.path} holds no tokenizer; it was not written by "
-                              "`unforget train` for a text model")
+        raise CheckpointError(
+            f"{checkpoint.path} holds no tokenizer; it was not written by "
+            "`unforget train` for a text model"
+        )
     names = [str(n) for n in spec.get("class_names") or []]
-    model = _load_model(checkpoint, directory, num_classes=_num_classes(checkpoint, spec),
-                        names=names)
+    model = _load_model(
+        checkpoint, directory, num_classes=_num_classes(checkpoint, spec), names=names
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -82,12 +95,18 @@ def export_model_dir(ckpt: Path, out: Path, *, base: Path | None = None,
         for name in TOKENIZER_FILES:
             if (directory / name).is_file():
                 shutil.copyfile(directory / name, staging / name)
-        record = {"source": str(checkpoint.path), "source_sha256": checkpoint.sha256,
-                  **{key: checkpoint.meta_json(key) for key in
-                     (ckpt_io.KEY_SPEC, ckpt_io.KEY_PROVENANCE, ckpt_io.KEY_LEDGER)}}
-        (staging / "unforget.json").write_text(json.dumps(record, indent=2, sort_keys=True),
-                                               encoding="utf-8")
+        record = {
+            "source": str(checkpoint.path),
+            "source_sha256": checkpoint.sha256,
+            "spec": checkpoint.meta_json(ckpt_io.KEY_SPEC),
+            "provenance": checkpoint.meta_json(ckpt_io.KEY_PROVENANCE),
+            "ledger": checkpoint.meta_json(ckpt_io.KEY_LEDGER, default=[]),
+        }
+        (staging / "unforget.json").write_text(
+            json.dumps(record, indent=2, sort_keys=True), encoding="utf-8"
+        )
         files = tuple(sorted(p.name for p in staging.iterdir()))
+        _ordinary_modes(staging)
         _replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -98,13 +117,16 @@ def export_model_dir(ckpt: Path, out: Path, *, base: Path | None = None,
 def _recorded_base(ckpt: Path, spec: dict[str, object]) -> Path:
     model = spec.get("model")
     if not isinstance(model, dict) or model.get("name") != FACTORY:
-        raise CheckpointError(f"{ckpt} was not trained with the model {FACTORY}; only those "
-                              "checkpoints export to a HuggingFace directory")
+        raise CheckpointError(
+            f"{ckpt} was not trained with the model {FACTORY}; only those "
+            "checkpoints export to a HuggingFace directory"
+        )
     kwargs = model.get("kwargs")
     path = kwargs.get("path") if isinstance(kwargs, dict) else None
     if not isinstance(path, str) or not path:
-        raise SpecError(f"{ckpt}: its spec names no model.kwargs.path; pass the base model "
-                        "directory explicitly")
+        raise SpecError(
+            f"{ckpt}: its spec names no model.kwargs.path; pass the base model directory explicitly"
+        )
     return Path(path)
 
 
@@ -115,8 +137,9 @@ def _num_classes(checkpoint: ckpt_io.Checkpoint, spec: dict[str, object]) -> int
     raise CheckpointError(f"{checkpoint.path}: its spec records no num_classes")
 
 
-def _load_model(checkpoint: ckpt_io.Checkpoint, directory: Path, *, num_classes: int,
-                names: list[str]) -> PreTrainedModel:
+def _load_model(
+    checkpoint: ckpt_io.Checkpoint, directory: Path, *, num_classes: int, names: list[str]
+) -> PreTrainedModel:
     """The base architecture with a ``num_classes`` head, filled with the checkpoint's tensors."""
     from transformers import AutoModelForSequenceClassification
 
@@ -156,6 +179,16 @@ def _replace(staging: Path, out: Path) -> None:
             old.rename(out)
         raise
     _remove(old)
+
+
+def _ordinary_modes(folder: Path) -> None:
+    """Give the staging folder (``mkdtemp`` makes it 0700) and its files the modes the umask
+    gives any new file, so whoever serves the model next can read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def _remove(path: Path) -> None:

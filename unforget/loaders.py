@@ -62,7 +62,7 @@ class RowSource(torch.utils.data.Dataset[Batch]):
         if kind == "text":
             if self.encoder is None:
                 raise RuntimeError("text inputs need a tokenizer (the checkpoint has none)")
-            texts = [str(t) for t in table.column(self.columns[0]).to_pylist()]
+            texts = ["" if t is None else str(t) for t in table.column(self.columns[0]).to_pylist()]
             return torch.from_numpy(self.encoder(texts))
         if kind == "tokens":
             return torch.from_numpy(_pad(table.column(self.columns[0]), self.info.shape[0]))

@@ -1,9 +1,10 @@
 """Tokenisation for text inputs, with the HuggingFace ``tokenizers`` library.
 
-For built-in models ``unforget train`` fits a WordPiece tokenizer on the training rows and
-stores its JSON in the checkpoint metadata (``unforget.tokenizer``), so ``apply`` and ``audit``
-need nothing beside the checkpoint. Id 0 is ``[PAD]`` and id 1 ``[UNK]``: the text model masks
-padding, and unseen words map to ``[UNK]`` instead of failing.
+For built-in models ``unforget train`` learns a WordPiece vocabulary from the training rows
+(deterministically: see :func:`fit_tokenizer`) and stores the tokenizer's JSON in the
+checkpoint metadata (``unforget.tokenizer``), so ``apply`` and ``audit`` need nothing beside
+the checkpoint. Id 0 is ``[PAD]`` and id 1 ``[UNK]``: the text model masks padding, and unseen
+words map to ``[UNK]`` (or to pieces of known characters) instead of failing.
 
 A pretrained model directory (see :mod:`unforget.models.hf`) brings its own ``tokenizer.json``;
 :func:`training_encoder` uses that one instead of fitting a new vocabulary, because the
@@ -11,7 +12,8 @@ pretrained embeddings only mean something for the ids they were trained with. It
 the checkpoint metadata the same way, so later commands read one place whatever its origin.
 
 Batches are padded to the fixed ``max_length`` (the spec's ``data.max_length``) rather than to
-the longest row of each batch: every batch then has the per-sample shape the spec records, and
+the longest row of each batch: every batch then has the per-sample shape the spec records, so
+methods may concatenate batches (∇τ joins a retain and a forget batch in one forward pass), and
 for short review snippets the saving of dynamic padding would be small.
 """
 
@@ -121,8 +123,15 @@ def pad_id(tokenizer: Tokenizer) -> int | None:
     return None
 
 
-def fit_tokenizer(split: Split, column: str, *, vocab_size: int, max_length: int,
-                  rows: np.ndarray | None = None, min_frequency: int = 2) -> TextEncoder:
+def fit_tokenizer(
+    split: Split,
+    column: str,
+    *,
+    vocab_size: int,
+    max_length: int,
+    rows: np.ndarray | None = None,
+    min_frequency: int = 2,
+) -> TextEncoder:
     """Learn a lower-cased WordPiece vocabulary on ``column`` of ``split`` (streamed in chunks).
 
     The vocabulary is learnt by :func:`learn_wordpiece` rather than by ``tokenizers``'
@@ -136,9 +145,11 @@ def fit_tokenizer(split: Split, column: str, *, vocab_size: int, max_length: int
         max_length: tokens per sample after truncation.
         rows: row positions to learn from (default: all). Exact retraining passes the retained
             rows, so no vocabulary entry exists only because of a forgotten sample.
-        min_frequency: a piece (or character) enters the vocabulary only if it occurs in at
-            least this many rows, so with the default no single training sample adds a token
-            of its own: the vocabulary is not a record of who was in the training set.
+        min_frequency: smallest count of a character or merged piece, a word counting once
+            per row that contains it. With the default 2, a word found in one training row
+            only never becomes a token of its own, so the vocabulary does not record the rare
+            words of individual samples (not a strict bound: one row holding two similar rare
+            words can still add a piece).
 
     Raises:
         SpecError: ``vocab_size`` too small to hold the special tokens.
@@ -146,8 +157,9 @@ def fit_tokenizer(split: Split, column: str, *, vocab_size: int, max_length: int
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     if vocab_size < 2 * len(SPECIAL):
-        raise SpecError(f"model.kwargs.vocab_size must be at least {2 * len(SPECIAL)} "
-                        f"(got {vocab_size})")
+        raise SpecError(
+            f"model.kwargs.vocab_size must be at least {2 * len(SPECIAL)} (got {vocab_size})"
+        )
     normalizer = normalizers.BertNormalizer(lowercase=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     counts: Counter[str] = Counter()
@@ -155,19 +167,20 @@ def fit_tokenizer(split: Split, column: str, *, vocab_size: int, max_length: int
         for text in chunk:
             words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
             counts.update({word for word, _ in words if len(word) <= _MAX_WORD})
-    pieces = learn_wordpiece(counts, vocab_size=vocab_size - len(SPECIAL),
-                             min_frequency=min_frequency)
+    pieces = learn_wordpiece(
+        counts, vocab_size=vocab_size - len(SPECIAL), min_frequency=min_frequency
+    )
     vocab = {token: i for i, token in enumerate((*SPECIAL, *pieces))}
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=SPECIAL[1],
-                                           max_input_chars_per_word=_MAX_WORD))
+    tokenizer = Tokenizer(
+        models.WordPiece(vocab, unk_token=SPECIAL[1], max_input_chars_per_word=_MAX_WORD)
+    )
     tokenizer.normalizer = normalizer
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
     return make_encoder(tokenizer, max_length=max_length)
 
 
-def learn_wordpiece(counts: Mapping[str, int], *, vocab_size: int,
-                    min_frequency: int) -> list[str]:
+def learn_wordpiece(counts: Mapping[str, int], *, vocab_size: int, min_frequency: int) -> list[str]:
     """WordPiece pieces by frequency-driven merging (what ``WordPieceTrainer`` does), with
     every tie broken by the merged strings so the result depends on the counts alone.
 
@@ -191,8 +204,9 @@ def learn_wordpiece(counts: Mapping[str, int], *, vocab_size: int,
     for word, count in counts.items():
         for char in set(word):
             chars[char] += count
-    ranked = sorted((c for c, n in chars.items() if n >= min_frequency),
-                    key=lambda c: (-chars[c], c))[: vocab_size // 2]
+    ranked = sorted(
+        (c for c, n in chars.items() if n >= min_frequency), key=lambda c: (-chars[c], c)
+    )[: vocab_size // 2]
     alphabet = set(ranked)
     pieces = [*sorted(ranked), *(_CONT + c for c in sorted(ranked))]
     kept = [word for word in sorted(counts) if word and set(word) <= alphabet]
@@ -200,8 +214,8 @@ def learn_wordpiece(counts: Mapping[str, int], *, vocab_size: int,
     weights = [counts[word] for word in kept]
     pairs: Counter[tuple[str, str]] = Counter()
     where: dict[tuple[str, str], set[int]] = {}
-    for index, word in enumerate(words):
-        _count_pairs(word, weights[index], index, pairs, where, sign=1)
+    for index, symbols in enumerate(words):
+        _count_pairs(symbols, weights[index], index, pairs, where, sign=1)
     heap = [(-n, pair) for pair, n in pairs.items()]
     heapq.heapify(heap)
     known = set(pieces)
@@ -211,7 +225,7 @@ def learn_wordpiece(counts: Mapping[str, int], *, vocab_size: int,
             continue  # stale entry: the pair's count changed after it was pushed
         if -negative < min_frequency:
             break
-        merged = pair[0] + pair[1][len(_CONT):]
+        merged = pair[0] + pair[1][len(_CONT) :]
         if merged not in known:
             known.add(merged)
             pieces.append(merged)
@@ -226,8 +240,15 @@ def learn_wordpiece(counts: Mapping[str, int], *, vocab_size: int,
     return pieces[:vocab_size]
 
 
-def _count_pairs(word: list[str], weight: int, index: int, pairs: Counter[tuple[str, str]],
-                 where: dict[tuple[str, str], set[int]], *, sign: int) -> set[tuple[str, str]]:
+def _count_pairs(
+    word: list[str],
+    weight: int,
+    index: int,
+    pairs: Counter[tuple[str, str]],
+    where: dict[tuple[str, str], set[int]],
+    *,
+    sign: int,
+) -> set[tuple[str, str]]:
     """Add (``sign`` 1) or remove (-1) one word's adjacent pairs; return the pairs touched."""
     touched = set(itertools.pairwise(word))
     for pair in itertools.pairwise(word):
@@ -286,8 +307,10 @@ def encoder_from_checkpoint(checkpoint: Checkpoint, *, max_length: int) -> TextE
     """
     raw = checkpoint.metadata.get(KEY_TOKENIZER)
     if not raw:
-        raise CheckpointError(f"{checkpoint.path} has text inputs but no tokenizer in its "
-                              "metadata; train it with `unforget train`")
+        raise CheckpointError(
+            f"{checkpoint.path} has text inputs but no tokenizer in its "
+            "metadata; train it with `unforget train`"
+        )
     try:
         return encoder_from_json(raw, max_length=max_length)
     except SpecError:
@@ -309,8 +332,9 @@ def pretrained_tokenizer(model: ModelSpec) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def training_encoder(model: ModelSpec, split: Split, column: str, *, rows: np.ndarray,
-                     max_length: int) -> TextEncoder:
+def training_encoder(
+    model: ModelSpec, split: Split, column: str, *, rows: np.ndarray, max_length: int
+) -> TextEncoder:
     """The tokenizer ``unforget train`` uses: a pretrained model's own, or one fitted on ``rows``.
 
     For the built-in text model the vocabulary size comes from ``model.kwargs.vocab_size``

@@ -80,25 +80,6 @@ def train_checkpoint(
     if set(train.ids) & set(heldout.ids):
         raise DataError("the training and held-out splits share IDs; held-out must be unseen")
     info = input_info(train, spec.data)
-    extra_meta: dict[str, str] = {}
-    encoder = None
-    if info.kind == "text":
-        from unforget.text import fit_tokenizer
-
-        vocab = int(spec.model.kwargs.get("vocab_size", 8000))
-        encoder = fit_tokenizer(
-            train, spec.data.input_columns[0], vocab_size=vocab, max_length=info.shape[0]
-        )
-        extra_meta[KEY_TOKENIZER] = encoder.to_json()
-        if spec.model.name == "text":
-            kwargs = {**spec.model.kwargs, "vocab_size": encoder.vocab_size}
-            spec = spec.replace(model=dataclasses.replace(spec.model, kwargs=kwargs))
-    spec = spec.replace(
-        num_classes=info.num_classes,
-        input_shape=info.shape,
-        train_fingerprint=fingerprint(train),
-        class_names=info.class_names,
-    )
     all_rows = np.arange(len(train), dtype=np.int64)
     ledger = []
     if exclude is not None:
@@ -115,6 +96,26 @@ def train_checkpoint(
                 time=utc_now(),
             )
         )
+    extra_meta: dict[str, str] = {}
+    encoder = None
+    if info.kind == "text":
+        from unforget.text import training_encoder
+
+        # A pretrained model directory's own tokenizer, else a vocabulary learnt from the rows
+        # actually trained on (exact retraining never sees a forgotten sample's words).
+        encoder = training_encoder(
+            spec.model, train, spec.data.input_columns[0], rows=all_rows, max_length=info.shape[0]
+        )
+        extra_meta[KEY_TOKENIZER] = encoder.to_json()
+        if spec.model.name == "text":
+            kwargs = {**spec.model.kwargs, "vocab_size": encoder.vocab_size}
+            spec = spec.replace(model=dataclasses.replace(spec.model, kwargs=kwargs))
+    spec = spec.replace(
+        num_classes=info.num_classes,
+        input_shape=info.shape,
+        train_fingerprint=fingerprint(train),
+        class_names=info.class_names,
+    )
     model, result = fit(
         spec,
         split=train,

@@ -103,6 +103,11 @@ def apply(
             receipt=None,
             already_applied=f"{earlier.count} IDs by {earlier.method} at {earlier.time}",
         )
+    if earlier is None:
+        # IDs an earlier request already removed are not trained on any more (they are out of
+        # the retain set); forgetting them again would only count them twice.
+        fresh = ~np.asarray(covered(ws.ledger, [ws.train.ids[r] for r in forget]), dtype=bool)
+        forget = forget[fresh] if ws.ledger else forget
     refuse_existing(out, force=request.force)
     refuse_existing(receipt_path(out), force=request.force)
     refuse_existing(sidecar_path(out), force=request.force)

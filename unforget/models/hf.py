@@ -57,8 +57,9 @@ class SequenceClassifier(nn.Module):
         return logits
 
 
-def sequence_classifier(*, input_shape: tuple[int, ...], num_classes: int, path: str,
-                        pretrained: bool = True) -> SequenceClassifier:
+def sequence_classifier(
+    *, input_shape: tuple[int, ...], num_classes: int, path: str, pretrained: bool = True
+) -> SequenceClassifier:
     """Build ``AutoModelForSequenceClassification`` from the local directory ``path``.
 
     Args:
@@ -75,14 +76,19 @@ def sequence_classifier(*, input_shape: tuple[int, ...], num_classes: int, path:
     config = load_config(directory, num_classes=num_classes)
     limit = getattr(config, "max_position_embeddings", None)
     if len(input_shape) != 1 or (limit is not None and input_shape[0] > limit):
-        raise SpecError(f"{directory}: data.max_length {input_shape} must be one length of at "
-                        f"most {limit} tokens (the model's position embeddings)")
+        raise SpecError(
+            f"{directory}: data.max_length {input_shape} must be one length of at "
+            f"most {limit} tokens (the model's position embeddings)"
+        )
     from transformers import AutoModelForSequenceClassification
 
     with quiet_transformers():
         if pretrained:
             model = AutoModelForSequenceClassification.from_pretrained(
-                str(directory), config=config, local_files_only=True, use_safetensors=True,
+                str(directory),
+                config=config,
+                local_files_only=True,
+                use_safetensors=True,
                 ignore_mismatched_sizes=True,
             )
         else:
@@ -102,9 +108,12 @@ def model_directory(path: str | Path, *, need_weights: bool) -> Path:
     if not directory.is_dir():
         raise SpecError(f"model directory {directory} does not exist (model.kwargs.path)")
     if missing:
-        pickle_hint = ("; a pytorch_model.bin is never loaded (pickle), convert it to "
-                       "safetensors with save_pretrained(safe_serialization=True)"
-                       if (directory / "pytorch_model.bin").is_file() else "")
+        pickle_hint = (
+            "; a pytorch_model.bin is never loaded (pickle), convert it to "
+            "safetensors with save_pretrained(safe_serialization=True)"
+            if (directory / "pytorch_model.bin").is_file()
+            else ""
+        )
         raise SpecError(f"model directory {directory} lacks {', '.join(missing)}{pickle_hint}")
     return directory
 
@@ -121,29 +130,35 @@ def load_config(directory: Path, *, num_classes: int) -> PretrainedConfig:
     try:
         from transformers import AutoConfig
     except ImportError as exc:
-        raise SpecError(f"the plugin model unforget.models.hf needs transformers; "
-                        f"{INSTALL_HINT}") from exc
+        raise SpecError(
+            f"the plugin model unforget.models.hf needs transformers; {INSTALL_HINT}"
+        ) from exc
     from tokenizers import Tokenizer
 
     from unforget.text import pad_id
 
     pad = pad_id(Tokenizer.from_file(str(directory / "tokenizer.json")))
     if pad is None:
-        raise SpecError(f"{directory / 'tokenizer.json'} defines no pad token, so padding "
-                        "cannot be masked; add one (e.g. [PAD]) and save the tokenizer again")
+        raise SpecError(
+            f"{directory / 'tokenizer.json'} defines no pad token, so padding "
+            "cannot be masked; add one (e.g. [PAD]) and save the tokenizer again"
+        )
     with quiet_transformers():
-        config = AutoConfig.from_pretrained(str(directory), local_files_only=True,
-                                            num_labels=num_classes)
+        config = AutoConfig.from_pretrained(
+            str(directory), local_files_only=True, num_labels=num_classes
+        )
     if config.pad_token_id is not None and int(config.pad_token_id) != pad:
-        raise SpecError(f"{directory}: config.json pad_token_id {config.pad_token_id} differs "
-                        f"from tokenizer.json's pad id {pad}; fix one of them")
+        raise SpecError(
+            f"{directory}: config.json pad_token_id {config.pad_token_id} differs "
+            f"from tokenizer.json's pad id {pad}; fix one of them"
+        )
     config.pad_token_id = pad
     return config
 
 
 def strip_prefix(tensors: dict[str, Any]) -> dict[str, Any]:
     """Checkpoint tensors of a :class:`SequenceClassifier` renamed to the HF model's own keys."""
-    return {k[len(PREFIX):]: v for k, v in tensors.items() if k.startswith(PREFIX)}
+    return {k[len(PREFIX) :]: v for k, v in tensors.items() if k.startswith(PREFIX)}
 
 
 @contextlib.contextmanager

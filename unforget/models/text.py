@@ -24,16 +24,26 @@ class TextClassifier(nn.Module):
     the word signal and the first updates stay well scaled.
     """
 
-    def __init__(self, *, vocab_size: int, num_classes: int, dim: int, layers: int, heads: int,
-                 max_length: int, dropout: float) -> None:
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        num_classes: int,
+        dim: int,
+        layers: int,
+        heads: int,
+        max_length: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.max_length = max_length
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
         self.position = nn.Embedding(max_length, dim)
         self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout,
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
@@ -45,8 +55,10 @@ class TextClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.long()
         if x.shape[1] > self.max_length:
-            raise ValueError(f"text model: {x.shape[1]} tokens per sample, but it was built "
-                             f"for at most {self.max_length} (data.max_length)")
+            raise ValueError(
+                f"text model: {x.shape[1]} tokens per sample, but it was built "
+                f"for at most {self.max_length} (data.max_length)"
+            )
         pad = x.eq(PAD_ID)
         pad[:, 0] &= ~pad.all(dim=1)  # empty rows attend to position 0 (see module docstring)
         positions = torch.arange(x.shape[1], device=x.device)
@@ -57,8 +69,16 @@ class TextClassifier(nn.Module):
         return self.head(pooled)
 
 
-def build(*, input_shape: tuple[int, ...], num_classes: int, vocab_size: int = 8000,
-          dim: int = 128, layers: int = 2, heads: int = 4, dropout: float = 0.1) -> TextClassifier:
+def build(
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    vocab_size: int = 8000,
+    dim: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    dropout: float = 0.1,
+) -> TextClassifier:
     """Text classifier; ``input_shape`` is ``(max_length,)``.
 
     ``vocab_size`` is overwritten by ``unforget train`` with the fitted tokenizer's size, so
@@ -71,6 +91,12 @@ def build(*, input_shape: tuple[int, ...], num_classes: int, vocab_size: int = 8
         raise SpecError(f"text model needs input_shape (max_length,), got {input_shape}")
     if int(dim) % int(heads):
         raise SpecError(f"text model: dim {dim} is not divisible by heads {heads}")
-    return TextClassifier(vocab_size=int(vocab_size), num_classes=num_classes, dim=int(dim),
-                          layers=int(layers), heads=int(heads), max_length=int(input_shape[0]),
-                          dropout=float(dropout))
+    return TextClassifier(
+        vocab_size=int(vocab_size),
+        num_classes=num_classes,
+        dim=int(dim),
+        layers=int(layers),
+        heads=int(heads),
+        max_length=int(input_shape[0]),
+        dropout=float(dropout),
+    )
