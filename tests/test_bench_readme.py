@@ -37,8 +37,9 @@ def test_bench_quick(tmp_path: Path) -> None:
 
     result = run_bench(quick_config(tmp_path), precision=precision_for(resolve_device("cpu")))
     rows = {(r["setting"], r["method"]): r for r in result["summary"]}
-    assert set(rows) == {(s, m) for s in ("random:0.1", "class:Sandal")
-                         for m in ("retrain", "nabla-tau", "finetune")}
+    assert set(rows) == {
+        (s, m) for s in ("random:0.1", "class:Sandal") for m in ("retrain", "nabla-tau", "finetune")
+    }
     assert rows[("random:0.1", "retrain")]["gap"] == 0.0
     assert rows[("class:Sandal", "retrain")]["forget_acc"] < 0.01  # a retrained model never saw it
     assert rows[("class:Sandal", "nabla-tau")]["forget_acc"] <= 0.05

@@ -26,7 +26,7 @@ from unforget.audit import attacks, metrics
 from unforget.audit.signals import Signals, compute_signals
 from unforget.context import Workspace, open_workspace
 from unforget.device import Precision
-from unforget.errors import InputError
+from unforget.errors import InputError, UnforgetError
 from unforget.fileio import atomic_write, atomic_write_json
 from unforget.loaders import make_loader, source
 from unforget.progress import ProgressFn, silent
@@ -194,27 +194,53 @@ def _setting_runs(
     manifest = folder / "forget.txt"
     manifest.write_text("\n".join(manifest_ids(ws, setting, seed=seed)) + "\n")
     outputs: dict[str, tuple[Path, Any]] = {}
+    failures: dict[str, str] = {}
     for method in ["retrain", *[m for m in config.methods if m != "retrain"]]:
         _reset_peak(precision)
-        result = apply(
-            ApplyRequest(
-                ckpt=original,
-                manifest=manifest,
-                method=method,
-                out=folder / f"{method}.safetensors",
-                seed=seed,
-                force=True,
-            ),
-            precision=precision,
-            on_progress=on_progress,
+        request = ApplyRequest(
+            ckpt=original,
+            manifest=manifest,
+            method=method,
+            out=folder / f"{method}.safetensors",
+            seed=seed,
+            force=True,
         )
+        try:
+            result = apply(request, precision=precision, on_progress=on_progress)
+        except UnforgetError as exc:
+            if method == "retrain":
+                raise
+            # A method that stops on its guard rails is a result, not a reason to lose the run.
+            failures[method] = str(exc)
+            on_notice(f"seed {seed} {setting} {method}: FAILED ({exc})")
+            continue
         assert result.receipt is not None
         outputs[method] = (result.out, result.receipt, _peak_mb(precision))
         on_notice(
             f"seed {seed} {setting} {method}: {result.receipt.seconds:.1f}s, "
             f"stop {result.receipt.stop_reason}"
         )
-    return _measure(ws, manifest, outputs, setting, seed, precision)
+    runs = _measure(ws, manifest, outputs, setting, seed, precision)
+    return runs + [_failed(setting, seed, method, reason) for method, reason in failures.items()]
+
+
+def _failed(setting: str, seed: int, method: str, reason: str) -> Run:
+    nan = math.nan
+    return Run(
+        setting=setting,
+        seed=seed,
+        method=method,
+        forget_acc=nan,
+        retain_acc=nan,
+        test_acc=nan,
+        mia_auc=nan,
+        mia_tpr_1pct=nan,
+        loss_attack_acc=nan,
+        seconds=nan,
+        samples_per_second=None,
+        peak_memory_mb=nan,
+        stop_reason=f"failed: {reason}",
+    )
 
 
 def _measure(

@@ -397,6 +397,11 @@ def audit(
         rule = VerdictRule(alpha=alpha, delta_auc=delta_auc, tpr_margin=tpr_margin)
     except ValueError as exc:
         raise InputError(f"verdict settings: {exc}") from exc
+    if plot is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # fail before the expensive part
+            raise InputError("--plot needs matplotlib: pip install 'unforget[plot]'")
     request = AuditRequest(
         ckpt=ckpt,
         manifest=forget,

@@ -413,10 +413,12 @@ class NablaTau:
             return "rolled_back"
         if drop > config.max_accuracy_drop:
             # A brake, not a rollback: the repair phase recovers moderate dips, so keep the
-            # progress made and only slow down.
-            state.lr_scale *= 0.5
+            # progress made and only slow down (to at most 1/16 of the base lr); but this state
+            # is not "good" to roll back to.
+            state.lr_scale = max(state.lr_scale * 0.5, min(state.lr_scale, 1 / 16))
             state.brakes += 1
-        state.good = copy.deepcopy(model.state_dict())
+        else:
+            state.good = copy.deepcopy(model.state_dict())
         state.reference = reference
         forget_out = predict(model, task.forget_eval, precision=precision)
         forget_acc = float(forget_out.correct().mean())
