@@ -30,18 +30,21 @@ from unforget.errors import InputError, UnforgetError
 from unforget.fileio import atomic_write, atomic_write_json
 from unforget.loaders import make_loader, source
 from unforget.progress import ProgressFn, silent
-from unforget.spec import merge_spec
+from unforget.spec import merge_spec, spec_layer_from_toml
 from unforget.training_run import train_checkpoint
 from unforget.unlearn import ApplyRequest, apply
 
 Notice = Callable[[str], None]
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data" / "fashion-mnist"
+SAMPLE_TEXT = SAMPLE_DATA.parent / "text"
 
 
 @dataclass(frozen=True, kw_only=True)
 class BenchConfig:
     """What to run. ``data`` is ``fashion-mnist`` (full set from the Debian package),
-    ``sample`` (the shipped subset) or a folder in the project's data format."""
+    ``sample`` (the shipped image subset), ``text`` (the shipped Rotten Tomatoes sample) or a
+    folder in the project's data format; a folder with its own ``unforget.toml`` keeps that
+    spec's model, columns and recipe."""
 
     data: str = "fashion-mnist"
     settings: tuple[str, ...] = ("random:0.01", "random:0.1", "random:0.3", "class:Sandal")
@@ -95,6 +98,8 @@ def prepare_data(config: BenchConfig) -> Path:
     """The data folder: the Debian Fashion-MNIST converted once (cached in ``out``)."""
     if config.data == "sample":
         return SAMPLE_DATA
+    if config.data == "text":
+        return SAMPLE_TEXT
     if config.data != "fashion-mnist":
         path = Path(config.data)
         if not path.is_dir():
@@ -166,12 +171,17 @@ def run_bench(
 def _train_original(
     config: BenchConfig, data: Path, seed: int, precision: Precision, on_progress: ProgressFn
 ) -> tuple[Path, float]:
+    base: dict[str, Any] = {"model": config.model, "recipe": config.recipe}
+    if (data / "unforget.toml").is_file():
+        # A data folder that ships its own run spec (e.g. the text sample) keeps its model,
+        # columns and recipe: the benchmark must not retrain it with an image recipe.
+        base = spec_layer_from_toml(data / "unforget.toml")
     spec = merge_spec(
+        base,
         {
-            "model": config.model,
-            "recipe": {**config.recipe, "seed": seed},
+            "recipe": {"seed": seed},
             "data": {"path": str(data.resolve()), "reference_fraction": 0.5},
-        }
+        },
     )
     out = config.out / f"seed{seed}" / "original.safetensors"
     start = time.perf_counter()
