@@ -469,7 +469,9 @@ def methods(
 def bench(
     data: Annotated[
         str,
-        typer.Option("--data", help="fashion-mnist (Debian package), sample, text, or a data folder."),
+        typer.Option(
+            "--data", help="fashion-mnist (Debian package), sample, text, or a data folder."
+        ),
     ] = "fashion-mnist",
     forget: Annotated[
         str,
