@@ -146,3 +146,28 @@ def test_nabla_tau_output_reduces_the_signal(
         len(lines)
         == 1 + report.inputs["manifest"]["count"] + report.inputs["heldout_evidence_rows"]
     )
+
+
+def test_positive_control_found_from_the_receipt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receipt names its input relative to where apply ran; the audit still finds it (and
+    only when the hash matches)."""
+    from unforget.audit.pipeline import _original_from_receipt
+    from unforget.fileio import sha256_file
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    original = tmp_path / "in" / "model.safetensors"
+    original.write_bytes(b"weights")
+    ckpt = tmp_path / "out" / "model.unlearned.safetensors"
+    receipt = ckpt.with_name(ckpt.name + ".receipt.json")
+    receipt.write_text(
+        json.dumps({"input_path": "in/model.safetensors", "input_sha256": sha256_file(original)})
+    )
+    monkeypatch.chdir(tmp_path)
+    notes: list[str] = []
+    assert _original_from_receipt(ckpt, notes) == Path("in/model.safetensors")
+    original.write_bytes(b"changed")
+    assert _original_from_receipt(ckpt, notes) is None
+    assert "not found" in notes[-1]

@@ -308,7 +308,7 @@ def _write(
         provenance=provenance,
         output_path=str(out),
         output_sha256=sha,
-        input_path=str(request.ckpt),
+        input_path=str(request.ckpt.resolve()),
         before=before,
         after=after,
         steps=outcome.steps,

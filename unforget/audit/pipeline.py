@@ -231,12 +231,12 @@ def _original_from_receipt(ckpt: Path, notes: list[str]) -> Path | None:
     if not path.is_file():
         return None
     receipt = json.loads(path.read_text())
-    candidate = Path(receipt.get("input_path", ""))
-    if not candidate.is_absolute():
-        candidate = ckpt.parent / candidate.name
-    if candidate.is_file() and sha256_file(candidate) == receipt.get("input_sha256"):
-        notes.append(f"positive control: {candidate} (input named in the receipt)")
-        return candidate
+    given = Path(receipt.get("input_path", ""))
+    # As written (absolute, or relative to where apply ran), or beside the audited checkpoint.
+    for candidate in (given, ckpt.parent / given, ckpt.parent / given.name):
+        if candidate.is_file() and sha256_file(candidate) == receipt.get("input_sha256"):
+            notes.append(f"positive control: {candidate} (input named in the receipt)")
+            return candidate
     notes.append("the receipt's input checkpoint was not found; no positive control")
     return None
 
