@@ -33,6 +33,9 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No human output on s
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+Compile = Annotated[
+    bool, typer.Option("--compile", help="torch.compile the model for training (CUDA only).")
+]
 Config = Annotated[
     Path | None, typer.Option("--config", help="TOML run spec ([model], [data], [recipe]).")
 ]
@@ -45,6 +48,12 @@ Sets = Annotated[
 def _console() -> Any:
     from rich.console import Console
 
+    from unforget.distributed import is_writer
+
+    if not is_writer():  # under torchrun only rank 0 talks; errors still reach stderr
+        import os
+
+        return Console(file=open(os.devnull, "w"), highlight=False)
     return Console(stderr=True, highlight=False)
 
 
@@ -75,14 +84,21 @@ def _progress(enabled: bool) -> Iterator[Callable[[Any], None]]:
 
 
 def _emit_json(obj: Any) -> None:
+    from unforget.distributed import is_writer
+
+    if not is_writer():
+        return
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     sys.stdout.flush()
 
 
-def _precision(device: str, amp: bool = True) -> Any:
+def _precision(device: str, amp: bool = True, compile: bool = False) -> Any:
+    """The device's precision; under torchrun also joins the process group (one GPU per
+    local rank on CUDA)."""
     from unforget.device import precision_for, resolve_device
+    from unforget.distributed import init_from_env
 
-    return precision_for(resolve_device(device), amp=amp)
+    return precision_for(init_from_env(resolve_device(device)), amp=amp, compile=compile)
 
 
 def _flags(sets: list[str] | None, **named: Any) -> dict[str, Any]:
@@ -120,6 +136,7 @@ def train(
     config: Config = None,
     sets: Sets = None,
     device: Device = "auto",
+    compile_model: Compile = False,
     pgu_stats: Annotated[
         bool,
         typer.Option(
@@ -159,7 +176,7 @@ def train(
         report = train_checkpoint(
             spec,
             out=out,
-            precision=_precision(device),
+            precision=_precision(device, compile=compile_model),
             force=force,
             allow_plugin=allow_plugin,
             exclude=manifest,
@@ -295,6 +312,7 @@ def apply(
         ),
     ] = 0.15,
     device: Device = "auto",
+    compile_model: Compile = False,
     force: Force = False,
     as_json: Json = False,
     quiet: Quiet = False,
@@ -321,7 +339,9 @@ def apply(
         guard=GuardConfig(max_retain_drop=max_retain_drop),
     )
     with _progress(not quiet and not as_json) as tick:
-        result = run_apply(request, precision=_precision(device), on_progress=tick)
+        result = run_apply(
+            request, precision=_precision(device, compile=compile_model), on_progress=tick
+        )
     if as_json:
         _emit_json(
             result.receipt.as_dict()
@@ -422,9 +442,11 @@ def audit(
         report = run_audit(
             request, precision=_precision(device), on_progress=tick, on_notice=notice
         )
-    if csv_path:
+    from unforget.distributed import is_writer
+
+    if csv_path and is_writer():
         write_csv(report, csv_path)
-    if plot:
+    if plot and is_writer():
         write_plot(report, plot)
     if as_json:
         _emit_json(to_json(report))

@@ -57,6 +57,8 @@ class Provenance:
     data_changed: bool
     reference_rows: int
     reference_ids_sha256: str
+    world_size: int = 1  # processes that ran the method (torchrun)
+    backend: str | None = None  # their torch.distributed backend (gloo, nccl), None alone
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unforget import distributed
 from unforget.data import InputInfo, Split
 from unforget.device import Precision, seed_everything
 from unforget.errors import GuardRailError
@@ -19,6 +20,9 @@ from unforget.loaders import Encoder, make_loader, source, to_device
 from unforget.models import build_model
 from unforget.progress import ProgressFn, Tick, silent
 from unforget.spec import Recipe, RunSpec
+from unforget.step import TrainStep, optimizer_for
+
+CHECK_EVERY = 20  # steps between host reads of the loss (the non-finite check)
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,20 @@ class TrainResult:
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
 
-def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum, Nesterov off) with the recipe's lr and weight decay."""
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
-        )
-    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+def make_optimizer(
+    params: list[nn.Parameter], recipe: Recipe, *, eager: bool = True
+) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum, Nesterov off) with the recipe's lr and weight decay
+    (``eager``: see :func:`unforget.step.optimizer_for`)."""
+    kind = "sgd" if recipe.optimizer == "sgd" else "adamw"
+    return optimizer_for(
+        kind,
+        params,
+        lr=recipe.lr,
+        momentum=recipe.momentum if kind == "sgd" else 0.0,
+        weight_decay=recipe.weight_decay,
+        eager=eager,
+    )
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -92,13 +103,17 @@ def train_loop(
 ) -> TrainResult:
     """Minimise cross-entropy over ``recipe.epochs`` passes of ``loader``.
 
+    Under torchrun ``model`` is trained inside DistributedDataParallel (gradients averaged
+    over ranks, each reading its shard of ``loader``); the loss is read on the host only every
+    ``CHECK_EVERY`` steps and at the end.
+
     Raises:
         GuardRailError: the loss became non-finite (diverged); nothing is written.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, recipe)
-    scaler = precision.scaler()
+    optimizer = make_optimizer(params, recipe, eager=not precision.compile)
+    step_fn = TrainStep(distributed.wrap(model), optimizer, precision=precision)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     generator = torch.Generator().manual_seed(seed + 1)
     total = recipe.epochs * len(loader)
@@ -110,17 +125,12 @@ def train_loop(
             x = augment(x, recipe.augmentation, generator)
             for group in optimizer.param_groups:
                 group["lr"] = recipe.lr * lr_factor(recipe.schedule, step, total)
-            with precision.autocast():
-                loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            step_fn(lambda x=x, y=y: loss_fn(step_fn.model(x), y))
             step += 1
             samples += len(y)
-            if step % 20 == 0 or step == total:
-                last = float(loss.detach())
-                if not math.isfinite(last):
+            if step % CHECK_EVERY == 0 or step == total:
+                last, finite = step_fn.flush()
+                if not finite:
                     raise GuardRailError(f"{task}: loss became {last} at step {step}; lower lr")
                 on_progress(Tick(task, step, total, {"loss": last}))
     seconds = time.perf_counter() - start
@@ -152,6 +162,8 @@ def fit(
         spec.model, input_shape=info.shape, num_classes=info.num_classes, allow_plugin=allow_plugin
     )
     model = prepare_model(model, precision)
+    if precision.compile:
+        model.compile()  # in place: parameter names (and checkpoints) stay as they are
     src = source(split, rows, spec=spec.data, info=info, encoder=encoder)
     loader = make_loader(
         src,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unforget import __version__
+from unforget import __version__, distributed
 from unforget.checkpoint import (
     KEY_LEDGER,
     KEY_PROVENANCE,
@@ -147,15 +147,18 @@ def train_checkpoint(
         "device": str(precision.device),
         "time": utc_now(),
         "train_seconds": round(result.seconds, 3),
+        "world_size": distributed.world().size,
+        "backend": distributed.world().backend,
         "train_accuracy": round(scores[0].accuracy, 6),
         "heldout_accuracy": round(scores[1].accuracy, 6),
     }
     meta = {KEY_SPEC: stored.to_json(), KEY_PROVENANCE: provenance, **extra_meta}
     if ledger:
         meta[KEY_LEDGER] = entries_to_json(ledger)
-    sha = save_checkpoint(out, state_dict_cpu(model), metadata=meta, force=force)
+    writer = distributed.is_writer()  # under torchrun only rank 0 writes
+    sha = save_checkpoint(out, state_dict_cpu(model), metadata=meta, force=force) if writer else ""
     statistics = None
-    if pgu_stats:
+    if pgu_stats and writer:
         loader = make_loader(
             source(train, all_rows, spec=spec.data, info=info, encoder=encoder),
             batch_size=512,

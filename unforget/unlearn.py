@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from unforget import __version__
+from unforget import __version__, distributed
 from unforget import checkpoint as ckpt_io
 from unforget.context import Workspace, open_workspace
 from unforget.device import Precision, seed_everything
-from unforget.errors import InputError
+from unforget.errors import GuardRailError, InputError
 from unforget.evaluate import predict, score
 from unforget.fileio import atomic_write_json, refuse_existing
 from unforget.ledger import covered, entries_to_json, find_manifest, new_entry
@@ -119,7 +119,14 @@ def apply(
     start = time.perf_counter()
     outcome: Outcome = method.run(task, config)
     seconds = time.perf_counter() - start
+    if not distributed.replicas_agree(outcome.model):
+        raise GuardRailError(
+            f"{request.method}: the processes ended with different weights (the method does not "
+            "average its gradients across ranks); nothing was written: run it without torchrun"
+        )
     after = _snapshot(outcome.model, ws, forget, evals, precision)
+    if not distributed.is_writer():  # one writer: rank 0 writes the checkpoint and receipt
+        return ApplyResult(out=out, receipt_path=receipt_path(out), receipt=None)
     return _write(
         ws,
         request,
@@ -144,6 +151,8 @@ def _task(
     on_progress: ProgressFn,
 ) -> tuple[UnlearnTask, dict[str, Any]]:
     model = ws.load_model(None, precision)
+    if precision.compile:
+        model.compile()  # in place: parameter names (and the checkpoint) stay as they are
     retain = ws.retain_rows(forget)
     rng = np.random.default_rng(request.seed)
     sample = np.sort(rng.choice(retain, size=min(RETAIN_SAMPLE, len(retain)), replace=False))
@@ -273,6 +282,8 @@ def _write(
         data_changed=ws.data_changed,
         reference_rows=len(reference_ids),
         reference_ids_sha256=hashlib.sha256("\n".join(reference_ids).encode()).hexdigest(),
+        world_size=distributed.world().size,
+        backend=distributed.world().backend,
     )
     entry = new_entry(
         [ws.train.ids[r] for r in forget],

@@ -20,6 +20,7 @@ import numpy as np
 from torch import nn
 
 from unforget import checkpoint as ckpt_io
+from unforget import distributed
 from unforget.context import Workspace
 from unforget.device import Precision
 from unforget.options import as_plain
@@ -107,8 +108,8 @@ def plan(
     sha = retain_hash(ws, retain)
 
     def cached(k: int) -> int:
-        return sum(
-            (cache_dir / f"{cache_key(ws, sha, s)}.safetensors").is_file()
+        return sum(  # all_ranks: every process (node) must decide alike under torchrun
+            distributed.all_ranks((cache_dir / f"{cache_key(ws, sha, s)}.safetensors").is_file())
             for s in reference_seeds(k, seed=seed)
         )
 
@@ -146,7 +147,7 @@ def ensure(
     models = []
     for i, ref_seed in enumerate(reference_seeds(k, seed=seed)):
         path = cache_dir / f"{cache_key(ws, sha, ref_seed)}.safetensors"
-        if path.is_file():
+        if distributed.all_ranks(path.is_file()):
             models.append(ws.load_model(path, precision))
             continue
         start = time.perf_counter()
@@ -169,7 +170,8 @@ def ensure(
                 "spec": json.loads(ws.spec.to_json()),
             }
         }
-        ckpt_io.save_checkpoint(path, ckpt_io.state_dict_cpu(model), metadata=meta, force=True)
+        if distributed.is_writer():  # under torchrun the ranks trained it together
+            ckpt_io.save_checkpoint(path, ckpt_io.state_dict_cpu(model), metadata=meta, force=True)
         if on_trained:
             on_trained(i, time.perf_counter() - start)
         models.append(model)

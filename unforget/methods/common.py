@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from unforget.device import Precision
+from unforget.distributed import any_rank
 from unforget.errors import InputError
 from unforget.evaluate import predict
 from unforget.loaders import RowSource
@@ -89,7 +90,7 @@ class ReferenceStop:
         else:
             self.kept_epoch = epoch
             self._previous = copy.deepcopy(self.model.state_dict())
-        return self.status != "running"
+        return any_rank(self.status != "running")
 
     def _gap(self, index: int) -> float:
         row = self.history[index]

@@ -60,6 +60,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from unforget.distributed import whole
 from unforget.errors import CheckpointError, InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import (
@@ -82,6 +83,7 @@ from unforget.methods.pgu_stats import (
     updated_statistics,
 )
 from unforget.progress import Tick
+from unforget.step import TrainStep, optimizer_for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,7 +250,8 @@ def retain_statistics(task: UnlearnTask) -> tuple[dict[str, torch.Tensor], dict[
         except (CheckpointError, ValueError) as exc:
             details["statistics_note"] = f"sidecar {task.statistics.name} not used: {exc}"
     details["statistics"] = "computed"
-    return compute_statistics(task.model, task.retain, task.precision), details
+    # every rank needs C^R of the whole retain set, not of its shard (torchrun)
+    return compute_statistics(task.model, whole(task.retain), task.precision), details
 
 
 def sidecar_update(task: UnlearnTask) -> dict[str, torch.Tensor] | None:
@@ -306,37 +309,45 @@ def _descend(
     epochs = forget_epochs(task, budget=config.budget, max_epochs=config.max_epochs)
     total = epochs * len(task.forget)
     decay = config.lr_decay ** (1.0 / max(total - 1, 1))
-    optimizer = torch.optim.SGD(trainable, lr=config.lr or 0.0, momentum=0.0, weight_decay=0.0)
-    scaler = precision.scaler()
+    optimizer = optimizer_for("sgd", trainable, lr=config.lr or 0.0, eager=not precision.compile)
+    train_step = TrainStep(model, optimizer, precision=precision)
     guard = Guard(model, task.retain_eval, precision, task.guard)
     guard.start()
     lr0, step = config.lr, 0
+
+    def project_and_scale() -> None:
+        # (4) on the unscaled, rank-averaged gradients; (5) the lr of this step
+        nonlocal lr0
+        project_gradients(layers, bases)
+        if lr0 is None:
+            lr0 = calibrated_lr(trainable, config.relative_step)
+            details["lr"] = lr0
+        for group in optimizer.param_groups:
+            group["lr"] = (lr0 or 0.0) * decay**step
+
     for epoch in range(1, epochs + 1):
         for batch in task.forget:
             x, y = device_batch(batch, precision)
-            with precision.autocast():
-                logits = model(x)
-            loss = forget_objective(
-                logits, y, offset=config.offset, entropy_weight=config.entropy_weight
+            train_step(
+                lambda x=x, y=y: forget_objective(
+                    model(x), y, offset=config.offset, entropy_weight=config.entropy_weight
+                ),
+                before_update=project_and_scale,
             )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            project_gradients(layers, bases)
-            if lr0 is None:
-                lr0 = calibrated_lr(trainable, config.relative_step)
-                details["lr"] = lr0
-            for group in optimizer.param_groups:
-                group["lr"] = (lr0 or 0.0) * decay**step
-            scaler.step(optimizer)
-            scaler.update()
             step += 1
-            guard.check_loss(float(loss.detach()), step=step, method="pgu")
-            guard.check(step=step, method="pgu")
-            task.on_progress(Tick("pgu", step, total, {"loss": float(loss.detach())}))
+            if step % task.guard.check_every == 0:
+                _check_loss(train_step, guard, step)
+                guard.check(step=step, method="pgu")
+            task.on_progress(Tick("pgu", step, total, {"loss": train_step.last}))
+        _check_loss(train_step, guard, step)
         if stop.measure(epoch):
             break
     return step, stop
+
+
+def _check_loss(train_step: TrainStep, guard: Guard, step: int) -> None:
+    value, finite = train_step.flush()
+    guard.check_loss(value if finite else float("nan"), step=step, method="pgu")
 
 
 METHOD = Pgu()

@@ -1,0 +1,142 @@
+"""``torchrun`` with 2 CPU processes (gloo) against one process, on the shipped sample.
+
+The two runs do not see the same batches (each rank reads its half of every global batch), so
+they are compared the way two seeds would be: accuracies within 1 point, the same kind of stop.
+Only rank 0 writes: one JSON object on stdout, one checkpoint, receipts naming the world size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from unforget.checkpoint import KEY_PROVENANCE, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+[model]
+name = "mlp"
+kwargs = {{ hidden = [128] }}
+[data]
+path = "{data}"
+[recipe]
+epochs = 6
+batch_size = 128
+lr = 0.003
+seed = 0
+"""
+
+
+def unforget(*args: str | Path, procs: int = 1) -> dict[str, Any]:
+    """Run the CLI (under torch.distributed.run when ``procs`` > 1); its one JSON object."""
+    launcher = [sys.executable, "-m", "unforget"]
+    if procs > 1:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={procs}",
+            "-m",
+            "unforget",
+        ]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run(
+        [*launcher, *map(str, args), "--device", "cpu", "--force", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)  # exactly one object: non-zero ranks print nothing
+
+
+@dataclass(frozen=True)
+class Runs:
+    train: dict[int, dict[str, Any]]
+    apply: dict[int, dict[str, Any]]
+    paths: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Runs:
+    root = tmp_path_factory.mktemp("ddp")
+    config = root / "tiny.toml"
+    config.write_text(CONFIG.format(data=sample_dir / "fashion-mnist"))
+    paths: dict[str, Path] = {}
+    train, applied = {}, {}
+    for procs in (1, 2):
+        paths[f"train{procs}"] = root / f"train{procs}.safetensors"
+        train[procs] = unforget(
+            "train", "--config", config, "--out", paths[f"train{procs}"], procs=procs
+        )
+    for procs in (1, 2):
+        paths[f"apply{procs}"] = root / f"apply{procs}.safetensors"
+        applied[procs] = unforget(
+            "apply",
+            "--ckpt",
+            paths["train1"],
+            "--forget",
+            sample_dir / "forget_random10.txt",
+            "--method",
+            "pgu",
+            "--out",
+            paths[f"apply{procs}"],
+            procs=procs,
+        )
+    return Runs(train=train, apply=applied, paths=paths)
+
+
+def test_train_on_two_processes_matches_one(runs: Runs) -> None:
+    for split in ("train", "heldout"):
+        one, two = (runs.train[p][split]["accuracy"] for p in (1, 2))
+        assert abs(one - two) <= 0.01, (split, one, two)
+    meta = load_checkpoint(runs.paths["train2"]).meta_json(KEY_PROVENANCE)
+    assert meta["world_size"] == 2 and meta["backend"] == "gloo"
+    assert load_checkpoint(runs.paths["train1"]).meta_json(KEY_PROVENANCE)["world_size"] == 1
+
+
+def stop_kind(reason: str) -> str:
+    """``forget accuracy reached the held-out level (epoch 11: …)`` -> the part before '('."""
+    return reason.split("(")[0].strip()
+
+
+def test_apply_on_two_processes_matches_one(runs: Runs) -> None:
+    one, two = runs.apply[1], runs.apply[2]
+    for split in ("forget", "retain_sample", "heldout"):
+        a, b = (r["metrics"]["after"][split]["accuracy"] for r in (one, two))
+        assert abs(a - b) <= 0.01, (split, a, b)
+    assert stop_kind(one["stop_reason"]) == stop_kind(two["stop_reason"])
+    assert (one["world_size"], one["backend"]) == (1, None)
+    assert (two["world_size"], two["backend"]) == (2, "gloo")
+    assert one["steps"] > 0 and two["steps"] > 0
+
+
+def test_two_process_apply_is_reproducible(runs: Runs, sample_dir: Path, tmp_path: Path) -> None:
+    """Same seed, same world size: the same weights, bit for bit."""
+    again = tmp_path / "again.safetensors"
+    unforget(
+        "apply",
+        "--ckpt",
+        runs.paths["train1"],
+        "--forget",
+        sample_dir / "forget_random10.txt",
+        "--method",
+        "pgu",
+        "--out",
+        again,
+        procs=2,
+    )
+    first, second = load_file(runs.paths["apply2"]), load_file(again)
+    assert first.keys() == second.keys()
+    assert all(first[k].equal(second[k]) for k in first)
