@@ -26,7 +26,9 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("unforget"))
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("unforget"):
+        elif (
+            isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("unforget")
+        ):
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)
     return found
