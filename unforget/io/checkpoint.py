@@ -165,7 +165,7 @@ def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
         tensor = state[name].detach().to("cpu")
         key = (
             tensor.untyped_storage().data_ptr(),
-            tensor.storage_offset(),
+            int(tensor.storage_offset()),
             tuple(tensor.shape),
             tuple(tensor.stride()),
         )

@@ -152,7 +152,7 @@ def apply(
             )
             result = run_apply(request, precision=_precision(device))
             if result.receipt is None:
-                unchanged = model if in_memory else _load(ckpt, flags, config)
+                unchanged = model if isinstance(model, nn.Module) else _load(ckpt, flags, config)
                 return Unlearned(unchanged, None, None, None, result.already_applied)
             unlearned = _load(result.out, flags, config, like=model)
             kept = not (in_memory and out is None)
