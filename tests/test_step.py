@@ -1,4 +1,4 @@
-"""The one training step (:mod:`unforget.step`) and the per-rank sharding it relies on."""
+"""The one training step (:mod:`unforget.training.step`) and the per-rank sharding it relies on."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from unforget.device import precision_for
-from unforget.distributed import _EpochSampler
-from unforget.step import TrainStep, optimizer_for
+from unforget.runtime.device import precision_for
+from unforget.runtime.distributed import _EpochSampler
+from unforget.training.step import TrainStep, optimizer_for
 
 CPU = precision_for(torch.device("cpu"))
 
@@ -135,8 +135,8 @@ def test_the_eager_optimizer_never_imports_dynamo() -> None:
     """The first optimiser step no longer pulls in torch._dynamo (1.3-2 s of CPU at start)."""
     code = (
         "import sys, torch\n"
-        "from unforget.step import TrainStep, optimizer_for\n"
-        "from unforget.device import precision_for\n"
+        "from unforget.training.step import TrainStep, optimizer_for\n"
+        "from unforget.runtime.device import precision_for\n"
         "m = torch.nn.Linear(4, 2)\n"
         "s = TrainStep(m, optimizer_for('adamw', list(m.parameters()), lr=0.1),"
         " precision=precision_for(torch.device('cpu')))\n"

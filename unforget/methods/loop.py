@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from unforget.device import Precision
-from unforget.distributed import any_rank
+from unforget.data.loaders import Batch, to_device
 from unforget.errors import GuardRailError
-from unforget.loaders import Batch, to_device
 from unforget.methods.base import GuardConfig, Loader, Outcome, UnlearnTask
-from unforget.progress import Tick
-from unforget.step import TrainStep
-from unforget.train import augment, lr_factor, make_optimizer
+from unforget.runtime.device import Precision
+from unforget.runtime.distributed import any_rank
+from unforget.runtime.progress import Tick
+from unforget.training.loop import augment, lr_factor, make_optimizer
+from unforget.training.step import TrainStep
 
 DEFAULT_SHARE = 0.1  # default length: this share of the recipe's epochs, in passes over R
 
@@ -218,10 +218,10 @@ def descend(
     """Minimise ``loss_fn()`` for up to ``steps`` steps of the recipe's optimiser at ``lr_scale``
     × its peak lr (:func:`recipe_optimizer`) on ``task.model``, guarded.
 
-    Each step (:class:`~unforget.step.TrainStep`): lr ← base lr × ``lr_factor(schedule)``; the
-    loss under autocast, backward and step through the AMP scaler (gradients averaged across
-    ranks under torchrun); ``after_step()`` (e.g. SalUn's weight mask); a progress tick;
-    ``should_stop(step)`` may end the run early with a reason. Every
+    Each step (:class:`~unforget.training.step.TrainStep`): lr ← base lr ×
+    ``lr_factor(schedule)``; the loss under autocast, backward and step through the AMP scaler
+    (gradients averaged across ranks under torchrun); ``after_step()`` (e.g. SalUn's weight
+    mask); a progress tick; ``should_stop(step)`` may end the run early with a reason. Every
     ``task.guard.check_every`` steps and once more at the end (the only host syncs): a
     non-finite loss since the last check restores the last good weights and raises
     :class:`GuardRailError`, then the retain-accuracy floor. The model stays in eval mode.

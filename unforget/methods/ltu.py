@@ -64,8 +64,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from unforget.device import Precision
-from unforget.distributed import average
 from unforget.errors import InputError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import (
@@ -78,8 +76,10 @@ from unforget.methods.common import (
     top_eigenvalue,
 )
 from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, require
-from unforget.progress import Tick
-from unforget.step import TrainStep, optimizer_for
+from unforget.runtime.device import Precision
+from unforget.runtime.distributed import average
+from unforget.runtime.progress import Tick
+from unforget.training.step import TrainStep, optimizer_for
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -60,7 +60,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from unforget.distributed import whole
 from unforget.errors import CheckpointError, InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import (
@@ -82,8 +81,9 @@ from unforget.methods.pgu_stats import (
     supported_layers,
     updated_statistics,
 )
-from unforget.progress import Tick
-from unforget.step import TrainStep, optimizer_for
+from unforget.runtime.distributed import whole
+from unforget.runtime.progress import Tick
+from unforget.training.step import TrainStep, optimizer_for
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from unforget import checkpoint as ckpt_io
-from unforget.audit import attacks, metrics, references
+from unforget.audit import attacks, metrics
 from unforget.audit.results import (
     AttackMetrics,
     AttackScores,
@@ -30,13 +29,16 @@ from unforget.audit.results import (
 )
 from unforget.audit.signals import Signals, compute_signals
 from unforget.audit.verdict import decide, sample_size_check
-from unforget.context import Workspace, open_workspace
-from unforget.device import Precision
+from unforget.data.loaders import make_loader, source
 from unforget.errors import InputError
-from unforget.fileio import sha256_file
-from unforget.loaders import make_loader, source
-from unforget.manifest import read_manifest
-from unforget.progress import ProgressFn, silent
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.fileio import sha256_file
+from unforget.io.manifest import read_manifest
+from unforget.runtime import distributed
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import ProgressFn, silent
+from unforget.workflows import references
+from unforget.workflows.workspace import Workspace, open_workspace
 
 SCHEMA = "unforget.audit/1"
 FPRS = (0.01, 0.001)
@@ -162,7 +164,8 @@ def run_audit(
         f"train, about {to_train * plan.seconds_per_reference / 60:.1f} min"
     )
     t0 = time.perf_counter()
-    refs = references.ensure(
+    ensure = references.ensure_by_rank if distributed.world().distributed else references.ensure
+    refs = ensure(
         plan.k,
         ws=ws,
         retain=retain,

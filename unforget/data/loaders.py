@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from unforget import distributed
-from unforget.data import InputInfo, Split
-from unforget.spec import DataSpec
+from unforget.config.spec import DataSpec
+from unforget.data.splits import InputInfo, Split
+from unforget.runtime import distributed
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -102,7 +102,7 @@ def make_loader(
     """A DataLoader over ``src``; shuffling is driven by ``seed`` alone (reproducible).
 
     Under torchrun a shuffled loader is this rank's shard of the stream
-    (:func:`unforget.distributed.shard_sampler`) with ``⌈batch_size / world size⌉`` rows per
+    (:func:`unforget.runtime.distributed.shard_sampler`) with ``⌈batch_size / world size⌉`` rows per
     batch, so a step across all ranks still covers one global batch of ``batch_size`` rows;
     unshuffled (evaluation) loaders are read whole by every rank.
     """

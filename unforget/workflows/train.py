@@ -9,8 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from unforget import __version__, distributed
-from unforget.checkpoint import (
+from unforget import __version__
+from unforget.config.spec import RunSpec, relativise_data_path
+from unforget.data.loaders import make_loader, source
+from unforget.data.splits import fingerprint, input_info, load_split, reference_mask
+from unforget.errors import DataError
+from unforget.io.checkpoint import (
     KEY_LEDGER,
     KEY_PROVENANCE,
     KEY_SPEC,
@@ -18,18 +22,15 @@ from unforget.checkpoint import (
     save_checkpoint,
     state_dict_cpu,
 )
-from unforget.data import fingerprint, input_info, load_split, reference_mask
-from unforget.device import Precision
-from unforget.errors import DataError
-from unforget.evaluate import Score, predict, score
-from unforget.fileio import refuse_existing
-from unforget.ledger import entries_to_json, new_entry
-from unforget.loaders import make_loader, source
-from unforget.manifest import Manifest, canonical_ids, resolve_rows
+from unforget.io.fileio import refuse_existing
+from unforget.io.ledger import entries_to_json, new_entry
+from unforget.io.manifest import Manifest, canonical_ids, resolve_rows
 from unforget.methods.pgu_stats import compute_statistics, save_statistics, sidecar_path
-from unforget.progress import ProgressFn, silent
-from unforget.spec import RunSpec, relativise_data_path
-from unforget.train import TrainResult, fit
+from unforget.runtime import distributed
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import ProgressFn, silent
+from unforget.training.evaluate import Score, predict, score
+from unforget.training.loop import TrainResult, fit
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def train_checkpoint(
     extra_meta: dict[str, str] = {}
     encoder = None
     if info.kind == "text":
-        from unforget.text import training_encoder
+        from unforget.data.text import training_encoder
 
         # A pretrained model directory's own tokenizer, else a vocabulary learnt from the rows
         # actually trained on (exact retraining never sees a forgotten sample's words).

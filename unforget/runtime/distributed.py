@@ -12,9 +12,10 @@ Conventions (DESIGN §6):
 - Data parallel: every rank holds the same weights; the shuffled training streams (retain and
   forget) are sharded with :func:`shard_sampler`, each rank taking ``⌈B/W⌉`` rows of every
   global batch of ``B`` (W = world size), and gradients are averaged across ranks (by
-  ``DistributedDataParallel`` in :func:`unforget.train.fit`, by
-  :class:`unforget.step.TrainStep` in the methods' loops). The average of the ranks' mean losses
-  is the mean loss of the global batch, so one step means the same as in one process.
+  ``DistributedDataParallel`` in :func:`unforget.training.loop.fit`, by
+  :class:`unforget.training.step.TrainStep` in the methods' loops). The average of the ranks'
+  mean losses is the mean loss of the global batch, so one step means the same as in one
+  process.
 - Evaluation loaders (``shuffle=False``) are not sharded: each rank evaluates the same rows
   with the same weights, so checks (guard rails, stop rules) see the same numbers everywhere;
   :func:`any_rank` reduces each decision once more, so no rank can leave a loop alone.
@@ -24,7 +25,10 @@ Conventions (DESIGN §6):
 from __future__ import annotations
 
 import atexit
+import contextlib
+import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +85,8 @@ def init_from_env(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        # long enough for one rank training an audit reference while the others wait
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=6))
         atexit.register(_shutdown)
     return device
 
@@ -100,6 +105,17 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def maximum(value: float) -> float:
+    """The largest ``value`` over ranks, the same number on every rank."""
+    if not _initialised():
+        return value
+    import torch.distributed as dist
+
+    out = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return float(out.item())
 
 
 def all_ranks(flag: bool) -> bool:
@@ -189,7 +205,7 @@ def shard_sampler(
 def whole(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
     """The unsharded, unshuffled version of a loader made with :func:`shard_sampler` (for a
     pass that must see every row on every rank, e.g. statistics); other loaders unchanged."""
-    sampler = loader.sampler
+    sampler = getattr(loader, "sampler", None)
     if not isinstance(sampler, _EpochSampler):
         return loader
     return torch.utils.data.DataLoader(
@@ -218,9 +234,24 @@ def wrap(model: nn.Module) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
+_LOCAL = [False]  # inside local(): behave as a single process
+
+
+@contextlib.contextmanager
+def local() -> Iterator[None]:
+    """Within the block this rank works alone: no sharding, no DDP, no collectives, and it
+    counts as a writer (e.g. training one audit reference per rank)."""
+    previous, _LOCAL[0] = _LOCAL[0], True
+    try:
+        yield
+    finally:
+        _LOCAL[0] = previous
+
+
 def _initialised() -> bool:
     return (
-        torch.distributed.is_available()
+        not _LOCAL[0]
+        and torch.distributed.is_available()
         and torch.distributed.is_initialized()
         and torch.distributed.get_world_size() > 1
     )

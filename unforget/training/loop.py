@@ -12,15 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from unforget import distributed
-from unforget.data import InputInfo, Split
-from unforget.device import Precision, seed_everything
+from unforget.config.spec import Recipe, RunSpec
+from unforget.data.loaders import Encoder, make_loader, source, to_device
+from unforget.data.splits import InputInfo, Split
 from unforget.errors import GuardRailError
-from unforget.loaders import Encoder, make_loader, source, to_device
 from unforget.models import build_model
-from unforget.progress import ProgressFn, Tick, silent
-from unforget.spec import Recipe, RunSpec
-from unforget.step import TrainStep, optimizer_for
+from unforget.runtime import distributed
+from unforget.runtime.device import Precision, seed_everything
+from unforget.runtime.progress import ProgressFn, Tick, silent
+from unforget.training.step import TrainStep, optimizer_for
 
 CHECK_EVERY = 20  # steps between host reads of the loss (the non-finite check)
 
@@ -44,7 +44,7 @@ def make_optimizer(
     params: list[nn.Parameter], recipe: Recipe, *, eager: bool = True
 ) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum, Nesterov off) with the recipe's lr and weight decay
-    (``eager``: see :func:`unforget.step.optimizer_for`)."""
+    (``eager``: see :func:`unforget.training.step.optimizer_for`)."""
     kind = "sgd" if recipe.optimizer == "sgd" else "adamw"
     return optimizer_for(
         kind,

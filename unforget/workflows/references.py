@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from unforget import checkpoint as ckpt_io
-from unforget import distributed
-from unforget.context import Workspace
-from unforget.device import Precision
-from unforget.options import as_plain
-from unforget.progress import ProgressFn, silent
-from unforget.train import fit
+from unforget.config.options import as_plain
+from unforget.io import checkpoint as ckpt_io
+from unforget.runtime import distributed
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import ProgressFn, silent
+from unforget.training.loop import fit
+from unforget.workflows.workspace import Workspace
 
 CHOICES = (8, 4, 2)
 
@@ -75,20 +75,23 @@ class Plan:
 
 
 def time_one_epoch(ws: Workspace, retain: np.ndarray, precision: Precision) -> float:
-    """Wall time of one training epoch with the target's recipe on the retain set."""
+    """Wall time of one training epoch with the target's recipe on the retain set (under
+    torchrun: one rank alone, as :func:`ensure_by_rank` trains; the slowest rank's time, so
+    every rank plans the same K)."""
     spec = ws.spec.replace(recipe=replace(ws.spec.recipe, epochs=1))
     start = time.perf_counter()
-    fit(
-        spec,
-        split=ws.train,
-        rows=retain,
-        info=ws.info,
-        precision=precision,
-        seed=0,
-        encoder=ws.encoder,
-        allow_plugin=ws.allow_plugin,
-    )
-    return time.perf_counter() - start
+    with distributed.local():
+        fit(
+            spec,
+            split=ws.train,
+            rows=retain,
+            info=ws.info,
+            precision=precision,
+            seed=0,
+            encoder=ws.encoder,
+            allow_plugin=ws.allow_plugin,
+        )
+    return distributed.maximum(time.perf_counter() - start)
 
 
 def plan(
@@ -151,28 +154,89 @@ def ensure(
             models.append(ws.load_model(path, precision))
             continue
         start = time.perf_counter()
-        model, _ = fit(
-            ws.spec,
-            split=ws.train,
-            rows=retain,
-            info=ws.info,
-            precision=precision,
+        model = _train_into_cache(
+            path,
+            ws=ws,
+            retain=retain,
+            sha=sha,
             seed=ref_seed,
-            encoder=ws.encoder,
-            allow_plugin=ws.allow_plugin,
+            precision=precision,
             on_progress=on_progress,
             task=f"reference {i + 1}/{k}",
         )
-        meta = {
-            "unforget.reference": {
-                "retain_sha256": sha,
-                "seed": ref_seed,
-                "spec": json.loads(ws.spec.to_json()),
-            }
-        }
-        if distributed.is_writer():  # under torchrun the ranks trained it together
-            ckpt_io.save_checkpoint(path, ckpt_io.state_dict_cpu(model), metadata=meta, force=True)
         if on_trained:
             on_trained(i, time.perf_counter() - start)
         models.append(model)
     return models
+
+
+def _train_into_cache(
+    path: Path,
+    *,
+    ws: Workspace,
+    retain: np.ndarray,
+    sha: str,
+    seed: int,
+    precision: Precision,
+    on_progress: ProgressFn,
+    task: str,
+) -> nn.Module:
+    """Train one reference with ``seed`` and write it to ``path`` (only rank 0 under torchrun,
+    where the ranks trained it together)."""
+    model, _ = fit(
+        ws.spec,
+        split=ws.train,
+        rows=retain,
+        info=ws.info,
+        precision=precision,
+        seed=seed,
+        encoder=ws.encoder,
+        allow_plugin=ws.allow_plugin,
+        on_progress=on_progress,
+        task=task,
+    )
+    meta = {
+        "unforget.reference": {
+            "retain_sha256": sha,
+            "seed": seed,
+            "spec": json.loads(ws.spec.to_json()),
+        }
+    }
+    if distributed.is_writer():
+        ckpt_io.save_checkpoint(path, ckpt_io.state_dict_cpu(model), metadata=meta, force=True)
+    return model
+
+
+def ensure_by_rank(
+    k: int,
+    *,
+    ws: Workspace,
+    retain: np.ndarray,
+    seed: int,
+    cache_dir: Path,
+    precision: Precision,
+    on_progress: ProgressFn = silent,
+) -> list[nn.Module]:
+    """:func:`ensure` under torchrun: reference i is trained by rank ``i mod W`` ALONE (no
+    DDP, the whole retain set), so it is bit for bit the model one process trains with that
+    seed and its cache entry means the same whatever the world size; each rank writes its own
+    to the cache, and after a barrier every rank loads all K from it (so the cache folder must
+    be one that all ranks see, e.g. a shared filesystem across nodes).
+    """
+    current, sha = distributed.world(), retain_hash(ws, retain)
+    with distributed.local():
+        for i, ref_seed in enumerate(reference_seeds(k, seed=seed)):
+            path = cache_dir / f"{cache_key(ws, sha, ref_seed)}.safetensors"
+            if i % current.size == current.rank and not path.is_file():
+                _train_into_cache(
+                    path,
+                    ws=ws,
+                    retain=retain,
+                    sha=sha,
+                    seed=ref_seed,
+                    precision=precision,
+                    on_progress=on_progress,
+                    task=f"reference {i + 1}/{k}",
+                )
+    distributed.barrier()
+    return ensure(k, ws=ws, retain=retain, seed=seed, cache_dir=cache_dir, precision=precision)

@@ -1,7 +1,7 @@
 """One training step for every loop: the loss the caller supplies, backward, the optimiser step.
 
 Every loop that updates weights (``unforget train`` and the audit's references in
-:mod:`unforget.train`, the fine-tuning baselines' :func:`unforget.methods.loop.descend`, and
+:mod:`unforget.training.loop`, the fine-tuning baselines' :func:`unforget.methods.loop.descend`, and
 ``pgu``, ``ltu``, ``lur``) goes through :class:`TrainStep`, so mixed precision, gradient
 clipping, accumulation and multi-process training live in one place and a method is only its
 loss. One call does::
@@ -21,7 +21,7 @@ previous check was non-finite, agreed across ranks).
 
 How a method loop uses it (the pattern every loop in this package follows)::
 
-    from unforget.step import TrainStep, optimizer_for
+    from unforget.training.step import TrainStep, optimizer_for
 
     optimizer = optimizer_for("sgd", params, lr=config.lr)       # or the recipe's optimiser
     step = TrainStep(model, optimizer, precision=task.precision)
@@ -60,8 +60,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from unforget import distributed
-from unforget.device import Precision
+from unforget.runtime import distributed
+from unforget.runtime.device import Precision
 
 LossFn = Callable[[], torch.Tensor]
 OptimizerKind = Literal["sgd", "adamw"]
