@@ -53,6 +53,7 @@ Choices where the paper is silent or we depart from it, and why:
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -325,15 +326,15 @@ def _descend(
         for group in optimizer.param_groups:
             group["lr"] = (lr0 or 0.0) * decay**step
 
+    def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return forget_objective(
+            model(x), y, offset=config.offset, entropy_weight=config.entropy_weight
+        )
+
     for epoch in range(1, epochs + 1):
         for batch in task.forget:
             x, y = device_batch(batch, precision)
-            train_step(
-                lambda x=x, y=y: forget_objective(
-                    model(x), y, offset=config.offset, entropy_weight=config.entropy_weight
-                ),
-                before_update=project_and_scale,
-            )
+            train_step(functools.partial(objective, x, y), before_update=project_and_scale)
             step += 1
             if step % task.guard.check_every == 0:
                 _check_loss(train_step, guard, step)

@@ -4,6 +4,7 @@ audit's reference models all go through :func:`fit`, so they share one recipe an
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from unforget.models import build_model
 from unforget.runtime import distributed
 from unforget.runtime.device import Precision, seed_everything
 from unforget.runtime.progress import ProgressFn, Tick, silent
-from unforget.training.step import TrainStep, optimizer_for
+from unforget.training.step import OptimizerKind, TrainStep, optimizer_for
 
 CHECK_EVERY = 20  # steps between host reads of the loss (the non-finite check)
 
@@ -45,7 +46,7 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum, Nesterov off) with the recipe's lr and weight decay
     (``eager``: see :func:`unforget.training.step.optimizer_for`)."""
-    kind = "sgd" if recipe.optimizer == "sgd" else "adamw"
+    kind: OptimizerKind = "sgd" if recipe.optimizer == "sgd" else "adamw"
     return optimizer_for(
         kind,
         params,
@@ -117,6 +118,10 @@ def train_loop(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     generator = torch.Generator().manual_seed(seed + 1)
     total = recipe.epochs * len(loader)
+
+    def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return loss_fn(step_fn.model(x), y)
+
     step, samples, last = 0, 0, float("nan")
     start = time.perf_counter()
     for _ in range(recipe.epochs):
@@ -125,7 +130,7 @@ def train_loop(
             x = augment(x, recipe.augmentation, generator)
             for group in optimizer.param_groups:
                 group["lr"] = recipe.lr * lr_factor(recipe.schedule, step, total)
-            step_fn(lambda x=x, y=y: loss_fn(step_fn.model(x), y))
+            step_fn(functools.partial(objective, x, y))
             step += 1
             samples += len(y)
             if step % CHECK_EVERY == 0 or step == total:

@@ -55,7 +55,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -83,7 +83,7 @@ def optimizer_for(
     ``torch.compile``.
     """
     if kind == "sgd":
-        cls: type[torch.optim.Optimizer] = _EAGER["sgd"] if eager else torch.optim.SGD
+        cls: Any = _EAGER["sgd"] if eager else torch.optim.SGD
         return cls(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     cls = _EAGER["adamw"] if eager else torch.optim.AdamW
     return cls(params, lr=lr, weight_decay=weight_decay)
@@ -165,7 +165,9 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=True)
         self._micro += 1
         last_micro = self._micro == self.accumulate
-        sync = contextlib.nullcontext() if last_micro or not self._ddp else self.model.no_sync()
+        sync: Any = contextlib.nullcontext()
+        if self._ddp and not last_micro:  # gradients stay local until the last micro-batch
+            sync = cast(nn.parallel.DistributedDataParallel, self.model).no_sync()
         with sync:
             with self.autocast():
                 loss = loss_fn()
