@@ -77,7 +77,7 @@ from unforget.methods.common import (
 )
 from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, require
 from unforget.runtime.device import Precision
-from unforget.runtime.distributed import average
+from unforget.runtime.distributed import average, maximum, shard_sampler
 from unforget.runtime.progress import Tick
 from unforget.training.step import TrainStep, optimizer_for
 
@@ -176,10 +176,13 @@ def retain_subset(task: UnlearnTask, *, fraction: float, cap: int) -> Loader:
     size = max(1, min(cap, math.ceil(fraction * total), total))
     rng = np.random.default_rng(task.seed)
     rows = np.sort(rng.choice(total, size=size, replace=False)).tolist()
+    subset = torch.utils.data.Subset(dataset, rows)
+    sampler = shard_sampler(subset, seed=task.seed)  # this rank's share under torchrun
     return torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, rows),
+        subset,
         batch_size=task.retain.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         generator=torch.Generator().manual_seed(task.seed),
         collate_fn=task.retain.collate_fn,
         pin_memory=task.precision.device.type == "cuda",
@@ -240,8 +243,11 @@ def _meta_loop(
         device_batch(next(query_it), precision),
         device_batch(next(reference_it), precision),
     )
-    curvature_f = meta.curvature(forget0, reference0)
-    curvature_t = meta.curvature(forget0, reference0, device_batch(next(retain_it), precision))
+    # under torchrun each rank measured its own batches: all take the largest (the safe step)
+    curvature_f = maximum(meta.curvature(forget0, reference0))
+    curvature_t = maximum(
+        meta.curvature(forget0, reference0, device_batch(next(retain_it), precision))
+    )
     meta.inner_lr = config.inner_lr or config.inner_scale / curvature_f
     lr, stable_lr = config.lr, config.lr_scale / curvature_t
     details.update(

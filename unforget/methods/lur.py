@@ -65,6 +65,7 @@ from unforget.methods.common import (
 from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, require
 from unforget.methods.random_label import random_wrong_labels
 from unforget.runtime.device import Precision
+from unforget.runtime.distributed import maximum
 from unforget.runtime.progress import Tick
 from unforget.training.step import TrainStep, optimizer_for
 
@@ -207,8 +208,9 @@ def _loop(
         return x, random_wrong_labels(y, classes, generator)
 
     forget0, retain0 = forget_batch(), device_batch(next(retain_it), precision)
-    curvature_f = _curvature(model, params, (forget0,), config, precision)
-    curvature_t = _curvature(model, params, (forget0, retain0), config, precision)
+    # under torchrun each rank measured its own batches: all take the largest (the safe step)
+    curvature_f = maximum(_curvature(model, params, (forget0,), config, precision))
+    curvature_t = maximum(_curvature(model, params, (forget0, retain0), config, precision))
     inner_lr = config.inner_lr or config.inner_scale / curvature_f
     lr, stable_lr = config.lr, config.lr_scale / curvature_t
     details.update(curvature_forget=curvature_f, curvature_total=curvature_t, inner_lr=inner_lr)

@@ -1,8 +1,8 @@
 """One training step for every loop: the loss the caller supplies, backward, the optimiser step.
 
 Every loop that updates weights (``unforget train`` and the audit's references in
-:mod:`unforget.training.loop`, the fine-tuning baselines' :func:`unforget.methods.loop.descend`, and
-``pgu``, ``ltu``, ``lur``) goes through :class:`TrainStep`, so mixed precision, gradient
+:mod:`unforget.training.loop`, the fine-tuning baselines' :func:`unforget.methods.loop.descend`,
+and ``pgu``, ``ltu``, ``lur``) goes through :class:`TrainStep`, so mixed precision, gradient
 clipping, accumulation and multi-process training live in one place and a method is only its
 loss. One call does::
 
@@ -23,7 +23,8 @@ How a method loop uses it (the pattern every loop in this package follows)::
 
     from unforget.training.step import TrainStep, optimizer_for
 
-    optimizer = optimizer_for("sgd", params, lr=config.lr)       # or the recipe's optimiser
+    # or the recipe's optimiser: unforget.methods.loop.recipe_optimizer(task, lr_scale=...)
+    optimizer = optimizer_for("sgd", params, lr=config.lr, eager=not task.precision.compile)
     step = TrainStep(model, optimizer, precision=task.precision)
     guard = Guard(model, task.retain_eval, task.precision, task.guard)
     guard.start()
@@ -37,8 +38,12 @@ How a method loop uses it (the pattern every loop in this package follows)::
             guard.check(step=i, method="my-method")
         task.on_progress(Tick("my-method", i, n, {"loss": step.last}))
 
+The loss closure runs at once, inside the call (so a lambda over the loop's batch is safe).
 ``task.forget`` and ``task.retain`` are already sharded per rank under ``torchrun`` and the
-step averages the gradients, so this loop is multi-process as written. A loop that computes
+step averages the gradients, so this loop is multi-process as written (a full pass that must
+see every row, e.g. statistics, reads ``unforget.runtime.distributed.whole(task.retain)``).
+``apply`` refuses to write when the ranks end with different weights, which is what a loop
+that bypasses the step produces under torchrun. A loop that computes
 its gradients itself (``torch.autograd.grad``) writes them into ``p.grad`` and calls
 :meth:`TrainStep.update` instead of the step.
 
