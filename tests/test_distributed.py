@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from unforget.io.checkpoint import KEY_PROVENANCE, load_checkpoint
 
 pytestmark = pytest.mark.slow
+METHODS = ("pgu", "ltu", "lur", "finetune")  # the reference-stopped methods and descend()
 
 CONFIG = """
 [model]
@@ -69,7 +70,7 @@ def unforget(*args: str | Path, procs: int = 1, ok: tuple[int, ...] = (0,)) -> d
 @dataclass(frozen=True)
 class Runs:
     train: dict[int, dict[str, Any]]
-    apply: dict[int, dict[str, Any]]
+    apply: dict[tuple[str, int], dict[str, Any]]
     paths: dict[str, Path]
 
 
@@ -85,27 +86,28 @@ def runs(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Runs:
         train[procs] = unforget(
             "train", "--config", config, "--out", paths[f"train{procs}"], procs=procs
         )
-    for procs in (1, 2):
-        paths[f"apply{procs}"] = root / f"apply{procs}.safetensors"
-        applied[procs] = unforget(
-            "apply",
-            "--ckpt",
-            paths["train1"],
-            "--forget",
-            sample_dir / "forget_random10.txt",
-            "--method",
-            "pgu",
-            "--out",
-            paths[f"apply{procs}"],
-            procs=procs,
-        )
+    for method in METHODS:
+        for procs in (1, 2):
+            paths[f"{method}{procs}"] = root / f"{method}{procs}.safetensors"
+            applied[method, procs] = unforget(
+                "apply",
+                "--ckpt",
+                paths["train1"],
+                "--forget",
+                sample_dir / "forget_random10.txt",
+                "--method",
+                method,
+                "--out",
+                paths[f"{method}{procs}"],
+                procs=procs,
+            )
     return Runs(train=train, apply=applied, paths=paths)
 
 
 def test_train_on_two_processes_matches_one(runs: Runs) -> None:
     for split in ("train", "heldout"):
         one, two = (runs.train[p][split]["accuracy"] for p in (1, 2))
-        assert abs(one - two) <= 0.01, (split, one, two)
+        assert abs(one - two) <= 0.01 + 1e-9, (split, one, two)
     meta = load_checkpoint(runs.paths["train2"]).meta_json(KEY_PROVENANCE)
     assert meta["world_size"] == 2 and meta["backend"] == "gloo"
     assert load_checkpoint(runs.paths["train1"]).meta_json(KEY_PROVENANCE)["world_size"] == 1
@@ -116,11 +118,17 @@ def stop_kind(reason: str) -> str:
     return reason.split("(")[0].strip()
 
 
-def test_apply_on_two_processes_matches_one(runs: Runs) -> None:
-    one, two = runs.apply[1], runs.apply[2]
+@pytest.mark.parametrize("method", METHODS)
+def test_apply_on_two_processes_matches_one(runs: Runs, method: str) -> None:
+    """Held-out and retain accuracy within 1 point, the same kind of stop. Forget accuracy
+    too for the reference-stopped ``pgu``/``ltu``, which drive it to a target; for the others
+    it is a 600-row proportion that another batch order moves by about its standard error
+    (√(0.8·0.2/600) ≈ 1.6 points; one row = 0.17), so 2 points there."""
+    one, two = runs.apply[method, 1], runs.apply[method, 2]
     for split in ("forget", "retain_sample", "heldout"):
         a, b = (r["metrics"]["after"][split]["accuracy"] for r in (one, two))
-        assert abs(a - b) <= 0.01, (split, a, b)
+        limit = 0.02 if split == "forget" and method in ("lur", "finetune") else 0.01
+        assert abs(a - b) <= limit + 1e-9, (split, a, b)
     assert stop_kind(one["stop_reason"]) == stop_kind(two["stop_reason"])
     assert (one["world_size"], one["backend"]) == (1, None)
     assert (two["world_size"], two["backend"]) == (2, "gloo")
@@ -142,7 +150,7 @@ def test_two_process_apply_is_reproducible(runs: Runs, sample_dir: Path, tmp_pat
         again,
         procs=2,
     )
-    first, second = load_file(runs.paths["apply2"]), load_file(again)
+    first, second = load_file(runs.paths["pgu2"]), load_file(again)
     assert first.keys() == second.keys()
     assert all(first[k].equal(second[k]) for k in first)
 
@@ -158,7 +166,7 @@ def test_audit_references_split_over_ranks_equal_sequential_ones(
         audit = [
             "audit",
             "--ckpt",
-            runs.paths["apply1"],
+            runs.paths["pgu1"],
             "--forget",
             sample_dir / "forget_random10.txt",
             "--original",
