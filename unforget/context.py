@@ -163,6 +163,7 @@ def open_workspace(
         raise SpecError(
             f"the model has {spec.num_classes} classes but the data has {info.num_classes}"
         )
+    spec = with_data_facts(spec, info)
     encoder = _encoder(checkpoint, info)
     return Workspace(
         checkpoint=checkpoint,
@@ -174,6 +175,17 @@ def open_workspace(
         encoder=encoder,
         allow_plugin=allow_plugin,
         data_changed=changed,
+    )
+
+
+def with_data_facts(spec: RunSpec, info: InputInfo) -> RunSpec:
+    """Fill the facts a checkpoint made elsewhere does not record (class count, input shape,
+    class names) from the data, so methods never guess them (a foreign 10-class model once
+    reached ∇τ with ``num_classes`` unset and crashed on a 2-class default)."""
+    return spec.replace(
+        num_classes=spec.num_classes if spec.num_classes is not None else info.num_classes,
+        input_shape=spec.input_shape if spec.input_shape is not None else info.shape,
+        class_names=spec.class_names or info.class_names,
     )
 
 
