@@ -57,8 +57,8 @@ def foreign(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         input_shape=(FEATURES,),
         num_classes=CLASSES,
     )
-    x = torch.tensor(train["features"])  # type: ignore[index]
-    y = torch.tensor(train["label"])  # type: ignore[index]
+    x = torch.tensor(list(train["features"]))  # type: ignore[index]
+    y = torch.tensor(list(train["label"]))  # type: ignore[index]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(60):  # full batch: memorises the 200 rows
         optimizer.zero_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,10 @@ class ApplyResult:
 
 
 def default_out(ckpt: Path) -> Path:
-    """``model.safetensors`` -> ``model.unlearned.safetensors`` beside the input."""
+    """``model.safetensors`` -> ``model.unlearned.safetensors`` beside the input; a model
+    directory ``minilm/`` -> ``minilm.unlearned/``."""
+    if ckpt.is_dir():
+        return ckpt.with_name(f"{ckpt.name}.unlearned")
     return ckpt.with_name(f"{ckpt.stem}.unlearned.safetensors")
 
 
@@ -280,7 +284,10 @@ def _write(
         method=request.method,
         time=now,
     )
-    spec = relativise_data_path(ws.spec, base=out.resolve().parent)
+    # Relative to the folder the written weights sit in (inside the directory for a model dir).
+    spec = relativise_data_path(
+        ws.spec, base=out.resolve() if ws.model_dir else out.resolve().parent
+    )
     metadata = {
         k: v
         for k, v in ws.checkpoint.metadata.items()
@@ -293,9 +300,15 @@ def _write(
             ckpt_io.KEY_LEDGER: entries_to_json([*ws.ledger, entry]),
         }
     )
-    sha = ckpt_io.save_checkpoint(
-        out, ckpt_io.state_dict_cpu(outcome.model), metadata=metadata, force=request.force
-    )
+    state = ckpt_io.state_dict_cpu(outcome.model)
+    if ws.model_dir is not None:  # a HuggingFace directory in, a loadable directory out
+        from unforget.hf_dir import save_model_dir
+
+        sha = save_model_dir(
+            out, state, source=ws.model_dir, metadata=metadata, force=request.force
+        )
+    else:
+        sha = ckpt_io.save_checkpoint(out, state, metadata=metadata, force=request.force)
     stats_path = sidecar_path(out)
     if statistics is not None:
         save_statistics(
@@ -321,8 +334,11 @@ def _write(
     try:
         atomic_write_json(receipt_path(out), receipt.as_dict())
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            out.unlink()
+        if out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                out.unlink()
         stats_path.unlink(missing_ok=True)
         raise
     return ApplyResult(out=out, receipt_path=receipt_path(out), receipt=receipt)
