@@ -126,3 +126,21 @@ def test_audit_reads_a_foreign_checkpoint(
     code, report = _run(argv, capsys)
     assert code == 5, report
     assert report["verdict"]["status"] == "INCONCLUSIVE"
+
+
+def test_flags_alone_describe_a_foreign_checkpoint(
+    foreign: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No config file: ``--model``, ``--data`` and section keys of ``--set`` give the spec;
+    a bare ``--set`` key stays a method option."""
+    out = foreign["root"] / "flags.safetensors"
+    argv = ["apply", "--ckpt", str(foreign["ckpt"]), "--forget", str(foreign["manifest"])]
+    argv += ["--model", "mlp", "--set", 'model.kwargs={"hidden": [32]}']
+    argv += ["--data", str(foreign["root"] / "data"), "--set", "data.input_columns=features"]
+    argv += ["--set", "recipe.batch_size=32", "--set", "lr=0.002", "--out", str(out)]
+    code, receipt = _run([*argv, "--device", "cpu", "--json"], capsys)
+    assert code == 0, receipt
+    assert receipt["options"]["lr"] == 0.002
+    spec = json.loads(load_checkpoint(out).metadata[KEY_SPEC])
+    assert spec["recipe"]["batch_size"] == 32
+    assert spec["data"]["input_columns"] == ["features"]

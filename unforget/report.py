@@ -106,5 +106,8 @@ def print_methods(console: Any, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         console.print(f"[bold]{row['name']}[/bold]  {row['summary']}")
         console.print(f"  needs: {', '.join(row['needs'])}; paper: {row['paper']}")
-        options = ", ".join(f"{o['name']}={o['default']}" for o in row["options"])
-        console.print(f"  options: {options}")
+        if row["options"]:
+            console.print("  options (--set KEY=VALUE):")
+        for o in row["options"]:
+            help_text = f"  {o['help']}" if o["help"] else ""
+            console.print(f"    {o['name']}={o['default']}{help_text}", markup=False)
