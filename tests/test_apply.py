@@ -354,7 +354,8 @@ def test_reapplying_via_cli_exits_0_and_says_so(
     assert captured.out == "" and not out.exists()
     assert cli.run([*argv, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["already_applied"].startswith("60 IDs") and report["output_path"] is None
+    assert report["already_applied"] is True and report["output_path"] is None
+    assert report["already_applied_by"].startswith("60 IDs")
     assert not out.exists()
 
 

@@ -114,6 +114,8 @@ def test_every_method_unlearns_a_foreign_checkpoint(
     assert receipt["method"] == method
     assert receipt["manifest_count"] == 20
     assert receipt["metrics"]["before"]["forget"]["n"] == 20
+    assert receipt["already_applied"] is False
+    assert receipt["assessment"]["state"] in {"like_unseen", "remembered", "over_forgotten"}
 
 
 def test_audit_reads_a_foreign_checkpoint(
@@ -126,6 +128,7 @@ def test_audit_reads_a_foreign_checkpoint(
     code, report = _run(argv, capsys)
     assert code == 5, report
     assert report["verdict"]["status"] == "INCONCLUSIVE"
+    assert "--refs" in report["conclusion"]["next_step"]
 
 
 def test_flags_alone_describe_a_foreign_checkpoint(

@@ -404,18 +404,26 @@ def apply(
     with _progress(not quiet and not as_json) as tick:
         result = run_apply(request, precision=_precision(device), on_progress=tick)
     if as_json:
-        _emit_json(
-            result.receipt.as_dict()
-            if result.receipt
-            else {
-                "schema": "unforget.receipt/1",
-                "already_applied": result.already_applied,
-                "output_path": None,
-            }
-        )
+        _emit_json(apply_json(result))
     elif not quiet:
         print_apply(_console(), result)
-    return 0
+    return 0  # also for a re-sent request: its IDs are already covered (JSON: already_applied)
+
+
+def apply_json(result: Any) -> dict[str, Any]:
+    """The receipt plus ``already_applied`` (bool) and the forget-vs-held-out assessment."""
+    if result.receipt is None:
+        return {
+            "schema": "unforget.receipt/1",
+            "already_applied": True,
+            "already_applied_by": result.already_applied,
+            "output_path": None,
+        }
+    return {
+        **result.receipt.as_dict(),
+        "already_applied": False,
+        "assessment": result.assessment.as_dict() if result.assessment else None,
+    }
 
 
 @app.command(

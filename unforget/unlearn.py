@@ -59,13 +59,83 @@ class ApplyRequest:
 
 
 @dataclass(frozen=True)
+class Assessment:
+    """Does the forget set now look like data the model never saw? Accuracies are shares.
+
+    ``unseen_accuracy`` is held-out accuracy after the run (on the removed classes' held-out rows
+    when whole classes were removed: a model that never saw a class scores ~0 on it).
+    ``tolerance`` is the gap still read as "alike": 3 points, or two standard errors of the
+    difference of two proportions, sqrt(p(1−p)/n_F + p(1−p)/n_H), when that is wider (small
+    forget sets). ``collapsed``: held-out accuracy on the kept classes fell more than
+    ``COLLAPSE_DROP`` during the run, so the model lost more than the forget set.
+    """
+
+    forget_accuracy: float
+    unseen_accuracy: float
+    tolerance: float
+    heldout_before: float
+    heldout_after: float
+    collapsed: bool
+
+    @property
+    def gap(self) -> float:
+        """Forget minus unseen accuracy: > tolerance still remembered, < −tolerance over-forgot."""
+        return self.forget_accuracy - self.unseen_accuracy
+
+    @property
+    def state(self) -> str:
+        """``like_unseen``, ``remembered`` or ``over_forgotten``."""
+        if self.gap > self.tolerance:
+            return "remembered"
+        return "over_forgotten" if self.gap < -self.tolerance else "like_unseen"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "forget_accuracy": round(self.forget_accuracy, 6),
+            "unseen_accuracy": round(self.unseen_accuracy, 6),
+            "tolerance": round(self.tolerance, 6),
+            "heldout_accuracy_before": round(self.heldout_before, 6),
+            "heldout_accuracy_after": round(self.heldout_after, 6),
+            "collapsed": self.collapsed,
+        }
+
+
+COLLAPSE_DROP = 0.05  # held-out accuracy points lost during the run that count as a collapse
+
+
+def assess(before: Snapshot, after: Snapshot) -> Assessment:
+    """Compare forget accuracy with held-out accuracy after the run (see :class:`Assessment`)."""
+    if after.removed_classes and after.other_classes and before.other_classes:
+        unseen, kept_before, kept_after = (
+            after.removed_classes,
+            before.other_classes,
+            after.other_classes,
+        )
+    else:
+        unseen, kept_before, kept_after = after.heldout, before.heldout, after.heldout
+    p = min(max(unseen.accuracy, 0.0), 1.0)
+    se = float(np.sqrt(p * (1 - p) * (1 / max(after.forget.n, 1) + 1 / max(unseen.n, 1))))
+    return Assessment(
+        forget_accuracy=after.forget.accuracy,
+        unseen_accuracy=unseen.accuracy,
+        tolerance=max(0.03, 2 * se),
+        heldout_before=kept_before.accuracy,
+        heldout_after=kept_after.accuracy,
+        collapsed=kept_before.accuracy - kept_after.accuracy > COLLAPSE_DROP,
+    )
+
+
+@dataclass(frozen=True)
 class ApplyResult:
-    """``receipt`` is None when the manifest was already applied (nothing written)."""
+    """``receipt`` is None when the manifest was already applied (nothing written); then
+    ``already_applied`` says by which earlier request, and ``assessment`` is None."""
 
     out: Path
     receipt_path: Path
     receipt: Receipt | None
     already_applied: str | None = None
+    assessment: Assessment | None = None
 
 
 def default_out(ckpt: Path) -> Path:
@@ -341,4 +411,6 @@ def _write(
                 out.unlink()
         stats_path.unlink(missing_ok=True)
         raise
-    return ApplyResult(out=out, receipt_path=receipt_path(out), receipt=receipt)
+    return ApplyResult(
+        out=out, receipt_path=receipt_path(out), receipt=receipt, assessment=assess(before, after)
+    )
