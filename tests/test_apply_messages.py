@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from unforget.evaluate import Score
-from unforget.receipt import Snapshot
-from unforget.report import assessment_lines
-from unforget.unlearn import COLLAPSE_DROP, assess
+from unforget.cli.render import assessment_lines
+from unforget.io.receipt import Snapshot
+from unforget.training.evaluate import Score
+from unforget.workflows.unlearn import COLLAPSE_DROP, assess
 
 
 def snap(
@@ -101,7 +101,7 @@ def test_class_removal_compares_with_the_removed_classes_heldout_rows() -> None:
 def test_every_verdict_ends_with_a_plain_sentence_and_a_next_step(
     status: str, reasons: tuple[str, ...], evidence: str, step: str
 ) -> None:
-    from unforget.audit.report import conclusion
+    from unforget.workflows.audit_output import conclusion
 
     sentence, next_step = conclusion(status, reasons, evidence)
     assert sentence.endswith(".") and "deleted samples" in sentence

@@ -122,7 +122,9 @@ def test_every_method_option_has_help(method: str, listing: tuple[dict, str]) ->
 def test_set_has_one_meaning() -> None:
     """Section keys go to the run spec in every command; other keys are method options
     (``method.`` may be written out), which only apply has."""
-    spec, method = cli._split_sets(
+    from unforget.cli.app import _split_sets
+
+    spec, method = _split_sets(
         ["data.input_columns=text", "recipe.batch_size=16", "lr=3e-4", "method.power=1"]
     )
     assert spec == {"data.input_columns": "text", "recipe.batch_size": "16"}

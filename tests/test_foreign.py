@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import save_file
 
 from unforget import cli
-from unforget.checkpoint import KEY_SPEC, load_checkpoint
+from unforget.config.spec import ModelSpec
+from unforget.io.checkpoint import KEY_SPEC, load_checkpoint
 from unforget.methods import METHODS
 from unforget.models import build_model
-from unforget.spec import ModelSpec
 
 CLASSES, FEATURES, HIDDEN = 10, 12, [32]
 

@@ -109,7 +109,7 @@ def test_hf_directory_apply_audit_and_load_back(
     assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == before
     assert receipt["input_sha256"] == receipt["input_sha256"]  # recorded
     weights = out / "model.safetensors"
-    from unforget.fileio import sha256_file
+    from unforget.io.fileio import sha256_file
 
     assert receipt["output_sha256"] == sha256_file(weights)
     assert (tmp_path / "my-classifier.unlearned.receipt.json").is_file()
@@ -131,8 +131,8 @@ def test_hf_directory_apply_audit_and_load_back(
     with torch.no_grad():
         theirs, old = loaded(**batch).logits, original(**batch).logits
     assert not torch.allclose(theirs, old)
-    from unforget.context import open_workspace
-    from unforget.device import precision_for, resolve_device
+    from unforget.runtime.device import precision_for, resolve_device
+    from unforget.workflows.workspace import open_workspace
 
     ws = open_workspace(out)  # the spec travels in the written weights' metadata
     ours = ws.load_model(None, precision_for(resolve_device("cpu"))).eval()

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unforget import checkpoint as ckpt_io
 from unforget.errors import CheckpointError, OutputExistsError, SpecError
+from unforget.io import checkpoint as ckpt_io
 from unforget.models.hf import (
     PREFIX,
     load_config,
@@ -232,8 +232,9 @@ def load_model_dir(path: Path) -> ckpt_io.Checkpoint:
     """Read a ``save_pretrained`` directory as a checkpoint of :class:`SequenceClassifier`.
 
     Tensor names get the wrapper's ``model.`` prefix; the directory's ``tokenizer.json`` goes
-    into the metadata where :func:`unforget.text.encoder_from_checkpoint` looks for it; metadata
-    unforget wrote earlier (spec, ledger) is kept. ``sha256`` is the weights file's own hash.
+    into the metadata where :func:`unforget.data.text.encoder_from_checkpoint` looks for it;
+    metadata unforget wrote earlier (spec, ledger) is kept. ``sha256`` is the weights file's
+    own hash.
 
     Raises:
         SpecError: no tokenizer.json or config.json (see :func:`model_directory`).

@@ -15,16 +15,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from unforget import checkpoint as ckpt_io
-from unforget.checkpoint import Checkpoint
-from unforget.data import InputInfo, Split, fingerprint, input_info, load_split, reference_mask
-from unforget.device import Precision
-from unforget.errors import DataError, SpecError
-from unforget.ledger import LedgerEntry, covered, entries_from_json
-from unforget.loaders import Encoder
-from unforget.manifest import Manifest, canonical_ids, resolve_rows
-from unforget.models import build_model
-from unforget.spec import (
+from unforget.config.spec import (
     RunSpec,
     flags_layer,
     merge_spec,
@@ -32,7 +23,23 @@ from unforget.spec import (
     spec_layer_from_json,
     spec_layer_from_toml,
 )
-from unforget.train import prepare_model
+from unforget.data.loaders import Encoder
+from unforget.data.splits import (
+    InputInfo,
+    Split,
+    fingerprint,
+    input_info,
+    load_split,
+    reference_mask,
+)
+from unforget.errors import DataError, SpecError
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.checkpoint import Checkpoint
+from unforget.io.ledger import LedgerEntry, covered, entries_from_json
+from unforget.io.manifest import Manifest, canonical_ids, resolve_rows
+from unforget.models import build_model
+from unforget.runtime.device import Precision
+from unforget.training.loop import prepare_model
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,7 @@ class Workspace:
 
 def read_checkpoint(path: Path) -> Checkpoint:
     """A safetensors file, or a HuggingFace ``save_pretrained`` directory read as one."""
-    from unforget.hf_dir import is_model_dir, load_model_dir
+    from unforget.workflows.export_hf import is_model_dir, load_model_dir
 
     return load_model_dir(path) if is_model_dir(path) else ckpt_io.load_checkpoint(path)
 
@@ -106,8 +113,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
 def weights_sha256(path: Path) -> str:
     """SHA-256 of a checkpoint file, or of a model directory's ``model.safetensors`` (the hash
     receipts record for a directory)."""
-    from unforget.fileio import sha256_file
-    from unforget.hf_dir import WEIGHTS, is_model_dir
+    from unforget.io.fileio import sha256_file
+    from unforget.workflows.export_hf import WEIGHTS, is_model_dir
 
     return sha256_file(path / WEIGHTS if is_model_dir(path) else path)
 
@@ -164,7 +171,7 @@ def open_workspace(
     Raises:
         CheckpointError, SpecError, DataError: with one line each saying what to fix.
     """
-    from unforget.hf_dir import FACTORY, is_model_dir, model_dir_spec
+    from unforget.workflows.export_hf import FACTORY, is_model_dir, model_dir_spec
 
     model_dir = checkpoint_path if is_model_dir(checkpoint_path) else None
     checkpoint = read_checkpoint(checkpoint_path)
@@ -226,6 +233,6 @@ def with_data_facts(spec: RunSpec, info: InputInfo) -> RunSpec:
 def _encoder(checkpoint: Checkpoint, info: InputInfo) -> Encoder | None:
     if info.kind != "text":
         return None
-    from unforget.text import encoder_from_checkpoint
+    from unforget.data.text import encoder_from_checkpoint
 
     return encoder_from_checkpoint(checkpoint, max_length=info.shape[0])
