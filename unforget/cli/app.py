@@ -577,7 +577,9 @@ def bench(
     data: Annotated[
         str,
         typer.Option(
-            "--data", help="fashion-mnist (Debian package), sample, text, or a data folder."
+            "--data",
+            help="fashion-mnist (Debian package), sample, text (both only in a source "
+            "checkout), or a data folder; with --quick it replaces the shipped sample.",
         ),
     ] = "fashion-mnist",
     forget: Annotated[
@@ -613,7 +615,7 @@ def bench(
     if seeds < 1:
         raise InputError("--seeds must be >= 1")
     config = (
-        quick_config(out)
+        quick_config(out, data="sample" if data == "fashion-mnist" else data)
         if quick
         else BenchConfig(
             data=data,
