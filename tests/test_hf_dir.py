@@ -148,7 +148,13 @@ def test_hf_directory_apply_audit_and_load_back(
     assert code == 5, report  # 10 forget rows: a PASS is impossible, said plainly
     assert report["verdict"]["status"] == "INCONCLUSIVE"
 
-    # the deletion ledger travels in the directory: a re-sent request is recognised
+    # the deletion ledger travels in the directory: inspect shows it, a re-sent request is
+    # recognised
+    code, summary = _run(
+        ["inspect", "--ckpt", str(out), "--check-ids", str(manifest), "--json"], capsys
+    )
+    assert code == 0, summary
+    assert len(summary["ledger"]) == 1
     again = ["apply", "--ckpt", str(out), "--forget", str(manifest), "--device", "cpu"]
     code, again_out = _run([*again, "--json"], capsys)
     assert code == 0, again_out
