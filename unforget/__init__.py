@@ -7,6 +7,7 @@ The package is a library first; ``unforget.cli`` is a thin Typer layer over it. 
     report = unforget.audit(result.model, forget_ids, spec=..., refs=4)
 
 Importing the package is cheap: the API's modules (torch, datasets) load on first use.
+``unforget.methods.available()`` lists the method names ``apply(method=...)`` takes.
 """
 
 from __future__ import annotations
@@ -22,19 +23,11 @@ __all__ = [
     "__version__",
     "apply",
     "audit",
-    "methods",
 ]
 
 if TYPE_CHECKING:
     from unforget.errors import InputError, UnforgetError
     from unforget.workflows.api import Unlearned, apply, audit
-
-
-def methods() -> list[str]:
-    """Names of the registered unlearning methods (``method=`` of :func:`apply`)."""
-    from unforget.methods import available
-
-    return available()
 
 
 def __getattr__(name: str) -> Any:
