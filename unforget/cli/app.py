@@ -42,7 +42,7 @@ SET_HELP = (
     "(e.g. data.input_columns=text); in apply any other key (or method.KEY) sets an option "
     "of the method (see `unforget methods`)."
 )
-Sets = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
+Sets = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)]
 CkptArg = Annotated[
     Path | None,
     typer.Argument(metavar="[CKPT]", help="Checkpoint; same as --ckpt (kept for older scripts)."),
