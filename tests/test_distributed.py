@@ -120,15 +120,17 @@ def stop_kind(reason: str) -> str:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_apply_on_two_processes_matches_one(runs: Runs, method: str) -> None:
-    """Held-out and retain accuracy within 1 point, the same kind of stop. Forget accuracy
-    too for the reference-stopped ``pgu``/``ltu``, which drive it to a target; for the others
-    it is a 600-row proportion that another batch order moves by about its standard error
-    (√(0.8·0.2/600) ≈ 1.6 points; one row = 0.17), so 2 points there."""
+    """Accuracies within 1 point and the same kind of stop for ``pgu``/``ltu`` (which drive
+    forget accuracy to a target) and for ``finetune`` on held-out and retain rows. 2 points
+    where the runs' own noise is that large: ``finetune``'s forget accuracy is a 600-row
+    proportion that another batch order moves by about its standard error (√(0.8·0.2/600) ≈
+    1.6 points), and ``lur`` stops once held-out accuracy has DROPPED by up to 3 points, so
+    where it stops within that band depends on the batches."""
     one, two = runs.apply[method, 1], runs.apply[method, 2]
     for split in ("forget", "retain_sample", "heldout"):
         a, b = (r["metrics"]["after"][split]["accuracy"] for r in (one, two))
-        limit = 0.02 if split == "forget" and method in ("lur", "finetune") else 0.01
-        assert abs(a - b) <= limit + 1e-9, (split, a, b)
+        noisy = method == "lur" or (method == "finetune" and split == "forget")
+        assert abs(a - b) <= (0.02 if noisy else 0.01) + 1e-9, (split, a, b)
     assert stop_kind(one["stop_reason"]) == stop_kind(two["stop_reason"])
     assert (one["world_size"], one["backend"]) == (1, None)
     assert (two["world_size"], two["backend"]) == (2, "gloo")
