@@ -85,9 +85,9 @@ def load_data(manifest: Path, *, seed: int) -> Data:
     """Training split, F from the manifest and the audit's own held-out evidence rows H."""
     import pyarrow.compute as pc
 
-    from unforget.context import open_workspace
-    from unforget.data import Split
-    from unforget.manifest import read_manifest
+    from unforget.data.splits import Split
+    from unforget.io.manifest import read_manifest
+    from unforget.workflows.workspace import open_workspace
 
     ws = open_workspace(ROOT / "sample_data/model.safetensors")
     forget = ws.forget_rows(read_manifest(manifest))

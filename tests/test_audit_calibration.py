@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 
 from unforget.audit.results import VerdictRule
-from unforget.manifest import read_manifest
+from unforget.io.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 

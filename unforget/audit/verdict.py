@@ -109,9 +109,10 @@ def _advice(n_f: int, n_h: int, k: int, rule: VerdictRule) -> str:
     """One line: the smallest |F|, |H| or K that alone would make a PASS reachable."""
     more_k = next((j for j in range(max(k, 2), 65) if _fits(n_f, n_h, j, rule)), None)
     if k < 2:
+        controls = f"a PASS needs negative controls: run with K ≥ {more_k or 2} references"
         if more_k is not None:
-            return f"a PASS needs negative controls: run with K ≥ {more_k} references"
-        k = 2
+            return controls
+        return controls + "; with K = 4, " + _advice(n_f, n_h, 4, rule)
     options = []
     more_f = _smallest(lambda n: _fits(n, n_h, k, rule), n_f)
     if more_f is not None:
