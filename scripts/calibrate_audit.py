@@ -237,10 +237,10 @@ def rate(count: int, total: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, default=ROOT / "sample_data/forget_random20.txt")
-    parser.add_argument("--retrains", type=int, default=20, help="M exact retrains")
-    parser.add_argument("--originals", type=int, default=20, help="N leaking originals")
+    parser.add_argument("--retrains", type=int, default=40, help="M exact retrains")
+    parser.add_argument("--originals", type=int, default=40, help="N leaking originals")
     parser.add_argument("--refs", type=int, default=4, help="K references per audit")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1200, 100, 20])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1200, 100])
     parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the counts here")
