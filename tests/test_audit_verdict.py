@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from unforget.audit.power import sample_size_check
 from unforget.audit.results import (
     AttackMetrics,
     AttackScores,
@@ -30,7 +31,7 @@ from unforget.audit.results import (
     as_json,
 )
 from unforget.audit.scoring import audit_signals
-from unforget.audit.verdict import REASON_TEXT, decide, sample_size_check
+from unforget.audit.verdict import REASON_TEXT, decide
 
 RULE = VerdictRule()
 N_F, N_H, K = 2000, 10000, 4

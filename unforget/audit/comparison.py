@@ -60,7 +60,7 @@ class _Prepared:
         self.upto = np.searchsorted(self.sorted_h, scores.forget, side="right")
 
     def replicate(
-        self, c: npt.NDArray[np.int32], d: npt.NDArray[np.int32], *, k: int
+        self, c: npt.NDArray[np.signedinteger], d: npt.NDArray[np.signedinteger], *, k: int
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """AUC, upper-tail and lower-tail share of each resample (rows of c over F, d over H).
 

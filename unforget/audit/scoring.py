@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from unforget.audit import attacks, metrics
 from unforget.audit.comparison import compare_with_references
+from unforget.audit.power import sample_size_check
 from unforget.audit.results import (
     AttackMetrics,
     AttackScores,
@@ -29,7 +30,7 @@ from unforget.audit.results import (
     Verdict,
     VerdictRule,
 )
-from unforget.audit.verdict import decide, sample_size_check
+from unforget.audit.verdict import decide
 
 FloatArray = npt.NDArray[np.float64]
 FPRS = (0.01, 0.001)  # TPR is reported at each; the rule reads ``VerdictRule.fpr``

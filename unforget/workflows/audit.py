@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from unforget.audit import attacks, metrics
+from unforget.audit.power import sample_size_check
 from unforget.audit.results import (
     AttackMetrics,
     ReferenceComparison,
@@ -28,7 +29,6 @@ from unforget.audit.results import (
 )
 from unforget.audit.scoring import FPRS, audit_signals
 from unforget.audit.signals import Signals, compute_signals
-from unforget.audit.verdict import sample_size_check
 from unforget.data.loaders import make_loader, source
 from unforget.errors import InputError
 from unforget.io import checkpoint as ckpt_io
