@@ -248,7 +248,7 @@ class SampleSizeCheck:
             (the AUC criterion alone; the calibration script measures the real rate).
         pass_reachable: K ≥ 2, both predictions below their margins and the TPR threshold
             resolvable on H (|H|·FPR ≥ 10).
-        reasons: reason codes when not reachable (``too_few_references``,
+        reasons: reason codes when not reachable (``no_references``,
             ``forget_set_too_small``, ``heldout_too_small``).
         advice: one line saying what would make a PASS reachable; empty when it is.
     """

@@ -1,7 +1,9 @@
 """``unforget audit``: does the forget set still look like training members?
 
-Flow (audit.md): resolve inputs → sample-size check (before any training) → reference models →
-signals (torch) → scores (numpy) → metrics (numpy) → verdict. The primary attack is fixed by K
+Flow (audit.md): resolve inputs → pre-check of |F|, |H| and K (before any training; it says
+whether a PASS is reachable but never stops the audit: small requests are attacked too) →
+reference models → signals (torch) → :func:`unforget.audit.scoring.audit_signals` (scores,
+metrics, comparison with the negative controls, verdict; numpy). The primary attack is fixed by K
 before anything is scored (RMIA below 16 references, LiRA from 16); population-loss numbers are
 reported beside it for comparison with papers, never used for the verdict.
 """
