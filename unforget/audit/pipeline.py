@@ -174,6 +174,7 @@ def run_audit(
     refs, records = chosen
     timing["references_seconds"] = time.perf_counter() - t0
     inputs["references"] = [r.as_json() for r in records]
+    timing["references_trained"] = sum(r.status != "cached" for r in records)
     notes += [
         f"reference {r.identity.key[:12]}… rebuilt: {r.problem}" for r in records if r.problem
     ]

@@ -184,16 +184,15 @@ class Record:
     threads: int = 0
 
     def as_json(self) -> dict[str, Any]:
-        out = {
+        """What the audit JSON lists: the same whether the reference was trained or cached
+        (status goes to the report's notes and timing, so the JSON stays deterministic)."""
+        return {
             "key": self.identity.key,
             "sha256": self.sha256,
             "weights_sha256": self.weights_sha256,
-            "status": self.status,
+            "threads": self.threads,  # CPU threads it was trained with: retrain with as many
             "identity": self.identity.as_json(),
         }
-        if self.problem:
-            out["problem"] = self.problem
-        return out
 
 
 def paths(cache_dir: Path, identity: Identity) -> tuple[Path, Path]:
@@ -207,31 +206,35 @@ def is_cached(cache_dir: Path, identity: Identity) -> bool:
     return weights.is_file() and sidecar.is_file()
 
 
-def verify(cache_dir: Path, identity: Identity) -> tuple[ckpt_io.Checkpoint | None, str | None]:
+def verify(
+    cache_dir: Path, identity: Identity
+) -> tuple[ckpt_io.Checkpoint | None, str | None, dict[str, Any]]:
     """Load a cached reference if its hash and embedded identity match; else say why not.
 
     Returns:
-        (checkpoint, None) when it can be used, (None, problem) when it must be rebuilt.
+        (checkpoint, None, sidecar) when it can be used, (None, problem, {}) when it must be
+        rebuilt (problem ``None``: simply not cached).
     """
     weights, sidecar = paths(cache_dir, identity)
     if not weights.is_file():
-        return None, None
+        return None, None, {}
     try:
         side = json.loads(sidecar.read_text())
         recorded, recorded_weights = side["sha256"], side["weights_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None, "no recorded SHA-256 (sidecar missing or unreadable)"
+        return None, "no recorded SHA-256 (sidecar missing or unreadable)", {}
     try:
         checkpoint = ckpt_io.load_checkpoint(weights)
     except CheckpointError as exc:
-        return None, f"unreadable ({exc})"
+        return None, f"unreadable ({exc})", {}
     if checkpoint.sha256 != recorded:
-        return None, f"SHA-256 {checkpoint.sha256[:12]}… differs from the recorded {recorded[:12]}…"
+        problem = f"SHA-256 {checkpoint.sha256[:12]}… differs from the recorded {recorded[:12]}…"
+        return None, problem, {}
     if checkpoint.meta_json(META_KEY) != identity.as_json():
-        return None, "its embedded identity does not match the cache key"
+        return None, "its embedded identity does not match the cache key", {}
     if weights_sha256(checkpoint.tensors) != recorded_weights:
-        return None, "its tensors do not match the recorded weights hash"
-    return checkpoint, None
+        return None, "its tensors do not match the recorded weights hash", {}
+    return checkpoint, None, side
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -392,7 +395,7 @@ def train_references(
     loaded: dict[str, tuple[nn.Module, Record]] = {}
     todo: list[tuple[Identity, str | None]] = []
     for identity in identities:
-        checkpoint, problem = verify(cache_dir, identity)
+        checkpoint, problem, side = verify(cache_dir, identity)
         if checkpoint is None:
             if problem:
                 on_warning(
@@ -402,7 +405,10 @@ def train_references(
             todo.append((identity, problem))
             continue
         model = _model(ws, checkpoint, precision)
-        record = Record(identity, checkpoint.sha256, weights_sha256(checkpoint.tensors), "cached")
+        weights_hash = side["weights_sha256"]  # verified against the tensors above
+        record = Record(
+            identity, checkpoint.sha256, weights_hash, "cached", threads=side["threads"]
+        )
         loaded[identity.key] = (model, record)
     jobs_list = [
         Job(
@@ -425,7 +431,7 @@ def train_references(
     else:
         records = [train_one(job, ws, on_progress)[0] for job in jobs_list]
     for (identity, problem), record in zip(todo, records, strict=True):
-        checkpoint, again = verify(cache_dir, identity)
+        checkpoint, again, _ = verify(cache_dir, identity)
         if checkpoint is None:
             raise UnforgetError(f"reference {identity.key[:12]}… was written but {again}")
         status = "rebuilt" if problem else "trained"
