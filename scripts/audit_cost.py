@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unforget.audit.pipeline import AuditRequest, run_audit
-from unforget.checkpoint import load_checkpoint
-from unforget.context import resolve_spec
-from unforget.device import precision_for, resolve_device
-from unforget.manifest import read_manifest
-from unforget.training_run import train_checkpoint
+from unforget.io.checkpoint import load_checkpoint
+from unforget.io.manifest import read_manifest
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.workflows.audit import AuditRequest, run_audit
+from unforget.workflows.train import train_checkpoint
+from unforget.workflows.workspace import resolve_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
@@ -63,7 +63,7 @@ def main() -> None:
     request_b = out / "request_b.txt"  # a second, disjoint request of the same size
     ids_a = set(read_manifest(request_a).ids)
     spec, _ = resolve_spec(load_checkpoint(original), config=None, flags={})
-    from unforget.data import load_split
+    from unforget.data.splits import load_split
 
     train_ids = load_split(spec.data, spec.data.train_split).ids
     request_b.write_text("\n".join([i for i in train_ids if i not in ids_a][::9][:600]) + "\n")

@@ -24,13 +24,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from unforget import cli
-from unforget.audit import ref_budget, ref_worker, references
-from unforget.audit.pipeline import AuditRequest, run_audit
-from unforget.audit.report import to_json
-from unforget.context import Workspace, open_workspace
-from unforget.device import precision_for, resolve_device
 from unforget.errors import EXIT_BAD_INPUT, InputError
-from unforget.fileio import sha256_file
+from unforget.io.fileio import sha256_file
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.workflows import ref_budget, ref_worker, references
+from unforget.workflows.audit import AuditRequest, run_audit
+from unforget.workflows.audit_output import to_json
+from unforget.workflows.workspace import Workspace, open_workspace
 
 CPU = precision_for(resolve_device("cpu"))
 
@@ -38,8 +38,8 @@ CPU = precision_for(resolve_device("cpu"))
 @pytest.fixture(scope="module")
 def micro_ckpt(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
     """An MLP with 16 hidden units after one epoch: a few milliseconds per reference."""
-    from unforget.spec import merge_spec
-    from unforget.training_run import train_checkpoint
+    from unforget.config.spec import merge_spec
+    from unforget.workflows.train import train_checkpoint
 
     out = tmp_path_factory.mktemp("micro") / "micro.safetensors"
     spec = merge_spec(

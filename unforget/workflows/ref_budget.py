@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from unforget.context import Workspace
-from unforget.data import Split
-from unforget.device import Precision
+from unforget.data.splits import Split
+from unforget.runtime.device import Precision
+from unforget.workflows.workspace import Workspace
 
 CHOICES = (8, 4, 2)
 # A PASS needs every reference audited against the others as a negative control: K ≥ 2.
@@ -55,7 +55,7 @@ def measure_steps(
     steps: int = 30,
 ) -> StepTiming:
     """Train ``warmup`` untimed steps, then time ``steps`` steps on the first rows of ``rows``."""
-    from unforget.train import fit
+    from unforget.training.loop import fit
 
     batch = ws.spec.recipe.batch_size
     spec = ws.spec.replace(recipe=replace(ws.spec.recipe, epochs=1))

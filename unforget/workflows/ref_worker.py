@@ -1,9 +1,9 @@
-"""Reference-training worker processes: ``python -m unforget.audit.ref_worker JOB.json``.
+"""Reference-training worker processes: ``python -m unforget.workflows.ref_worker JOB.json``.
 
 Subprocesses of the same Python rather than ``multiprocessing``: nothing is pickled (the job is
 JSON, the rows a ``.npy`` read with ``allow_pickle=False``), and the caller's ``__main__`` is
 never re-imported, so ``--jobs`` works from any script. A worker trains one reference with
-:func:`unforget.audit.references.train_one`, which writes the weights and the sidecar
+:func:`unforget.workflows.references.train_one`, which writes the weights and the sidecar
 atomically; the parent verifies both before use. A failure is one line on the worker's stderr
 and its exit code, re-raised in the parent.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unforget.audit.references import Job, Record, paths, train_one
 from unforget.errors import EXIT_FAILURE, InputError, UnforgetError
+from unforget.workflows.references import Job, Record, paths, train_one
 
 
 def run_workers(jobs_list: list[Job], *, jobs: int, threads: int) -> list[Record]:
@@ -48,7 +48,7 @@ def run_workers(jobs_list: list[Job], *, jobs: int, threads: int) -> list[Record
                     else:
                         rows = rows_file
                     spec_file.write_text(_with_threads(job, threads).to_json(rows))
-                    cmd = [sys.executable, "-m", "unforget.audit.ref_worker", str(spec_file)]
+                    cmd = [sys.executable, "-m", "unforget.workflows.ref_worker", str(spec_file)]
                     with open(Path(tmp) / f"job{i}.err", "wb") as err:  # no pipe to fill up
                         proc = subprocess.Popen(cmd, env=env, stderr=err)
                     running[i] = (proc, time.perf_counter())

@@ -34,15 +34,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from unforget import checkpoint as ckpt_io
-from unforget.context import Workspace
-from unforget.data import Split, fingerprint
-from unforget.device import Precision
+from unforget.config.options import as_plain
+from unforget.config.spec import RunSpec
+from unforget.data.splits import Split, fingerprint
 from unforget.errors import CheckpointError, DataError, UnforgetError
-from unforget.fileio import atomic_write_json
-from unforget.options import as_plain
-from unforget.progress import ProgressFn, silent
-from unforget.spec import RunSpec
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.fileio import atomic_write_json
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import ProgressFn, silent
+from unforget.workflows.workspace import Workspace
 
 Source = Literal["retain", "pool"]
 SOURCES: tuple[str, ...] = ("retain", "pool")
@@ -67,9 +67,9 @@ def reference_seeds(k: int, *, seed: int) -> list[int]:
 def split_fingerprint(split: Split, columns: Sequence[str]) -> str:
     """SHA-256 over the project's ID/label fingerprint and the bytes of ``columns``.
 
-    :func:`unforget.data.fingerprint` covers IDs and labels only; a reference must also change
-    when an input changes, so the input columns are hashed as Arrow IPC (slices are written
-    compactly, so the digest depends on the values only). One sequential read of the split.
+    :func:`unforget.data.splits.fingerprint` covers IDs and labels only; a reference must also
+    change when an input changes, so the input columns are hashed as Arrow IPC (slices are
+    written compactly, so the digest depends on the values only). One sequential read.
     """
     import pyarrow as pa
 
@@ -273,7 +273,7 @@ class Job:
 
     @classmethod
     def from_json(cls, text: str) -> Job:
-        from unforget.spec import merge_spec, spec_layer_from_json
+        from unforget.config.spec import merge_spec, spec_layer_from_json
 
         raw = json.loads(text)
         identity = dict(raw["identity"])
@@ -304,8 +304,8 @@ def train_one(
     spec and its fingerprint checked against the identity, so a worker can never train on
     other data than the parent hashed.
     """
-    from unforget.data import input_info, load_split
-    from unforget.train import fit
+    from unforget.data.splits import input_info, load_split
+    from unforget.training.loop import fit
 
     if job.threads:
         torch.set_num_threads(job.threads)
@@ -358,7 +358,7 @@ def train_one(
 def _encoder(checkpoint: Path, info: Any) -> Any:
     if info.kind != "text":
         return None
-    from unforget.text import encoder_from_checkpoint
+    from unforget.data.text import encoder_from_checkpoint
 
     return encoder_from_checkpoint(ckpt_io.load_checkpoint(checkpoint), max_length=info.shape[0])
 
@@ -382,7 +382,7 @@ def train_references(
 ) -> tuple[list[nn.Module], list[Record]]:
     """Load (verified) or train each reference; ``jobs`` > 1 trains in local processes.
 
-    Workers are subprocesses of this same Python (``python -m unforget.audit.ref_worker``),
+    Workers are subprocesses of this same Python (``python -m unforget.workflows.ref_worker``),
     each with ``cores // jobs`` torch threads; they run exactly :func:`train_one`, so with the
     same thread count the weights are bit-identical to a sequential run. Every file a worker
     wrote is verified here before use. The hook for distributed ranks is the same: give each
@@ -425,7 +425,7 @@ def train_references(
         for i, (identity, _) in enumerate(todo)
     ]
     if jobs > 1 and len(jobs_list) > 1:
-        from unforget.audit.ref_worker import run_workers
+        from unforget.workflows.ref_worker import run_workers
 
         records = run_workers(jobs_list, jobs=jobs, threads=worker_threads(jobs))
     else:
@@ -443,7 +443,7 @@ def train_references(
 
 def _model(ws: Workspace, checkpoint: ckpt_io.Checkpoint, precision: Precision) -> nn.Module:
     from unforget.models import build_model
-    from unforget.train import prepare_model
+    from unforget.training.loop import prepare_model
 
     model = build_model(
         ws.spec.model,
