@@ -144,11 +144,16 @@ def choose(
         jobs,
         per,
         f"the minimum for a PASS, {MIN_REFS_FOR_PASS} references, needs about "
-        f"{need.seconds / 60:.1f} min, over the {budget_minutes:g}-minute --budget: "
+        f"{duration(need.seconds)}, over the {budget_minutes:g}-minute --budget: "
         f"INCONCLUSIVE without training; pass --budget {math.ceil(need.seconds / 60 + 0.5)} "
         f"(or --refs {MIN_REFS_FOR_PASS}, or --jobs N) to run the audit",
         fits=False,
     )
+
+
+def duration(seconds: float) -> str:
+    """``42 s`` below two minutes, else ``3.1 min``."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def describe(plan: Plan, timing: StepTiming | None) -> str:
@@ -157,9 +162,9 @@ def describe(plan: Plan, timing: StepTiming | None) -> str:
         return f"references: K={plan.k} ({plan.reason}); {plan.cached} cached, nothing to train"
     return (
         f"references: estimate {timing.seconds_per_step * 1e3:.2f} ms/step × "
-        f"{timing.steps_per_reference} steps = {timing.seconds_per_reference / 60:.1f} min per "
+        f"{timing.steps_per_reference} steps = {duration(timing.seconds_per_reference)} per "
         f"reference (CPU {timing.cpu_per_step * 1e3:.2f} / wall {timing.wall_per_step * 1e3:.2f} "
         f"ms/step over {timing.steps_timed} steps after warm-up); K={plan.k} ({plan.reason}); "
         f"{plan.cached} cached, {plan.to_train} to train with {plan.jobs} job(s): about "
-        f"{plan.seconds / 60:.1f} min"
+        f"{duration(plan.seconds)}"
     )
