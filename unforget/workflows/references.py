@@ -356,11 +356,13 @@ def train_one(
 
 
 def _encoder(checkpoint: Path, info: Any) -> Any:
+    """A text model's tokenizer, read from the audited checkpoint (file or model directory)."""
     if info.kind != "text":
         return None
     from unforget.data.text import encoder_from_checkpoint
+    from unforget.workflows.workspace import read_checkpoint
 
-    return encoder_from_checkpoint(ckpt_io.load_checkpoint(checkpoint), max_length=info.shape[0])
+    return encoder_from_checkpoint(read_checkpoint(checkpoint), max_length=info.shape[0])
 
 
 def worker_threads(jobs: int) -> int:
