@@ -17,6 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from unforget.device import precision_for, resolve_device
 from unforget.errors import GuardRailError
 from unforget.methods import DEFAULT_METHOD, get_method, make_config
 from unforget.methods.nabla_tau_paper import PaperConfig, paper_forget_epochs, paper_loss
@@ -27,6 +28,8 @@ from unforget.methods.proxy_distill import (
     quantile_map,
     target_distribution,
 )
+
+CPU = precision_for(resolve_device("cpu"))
 
 
 def t(*values: float) -> torch.Tensor:
@@ -147,6 +150,44 @@ def test_paper_length_and_loss_worked_example() -> None:
     assert loss.item() == pytest.approx(0.3)
 
 
+# --- contract on the tiny checkpoint (the shared apply pipeline) ----------------------------------
+
+
+@pytest.mark.parametrize("method", ["proxy-distill", "nabla-tau-paper"])
+def test_contract_class_removal(
+    method: str, tiny_ckpt: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    """Both new methods through ``apply`` on a whole-class request: a finite, changed checkpoint
+    that names itself and its options; the class loses at least 10 points of forget accuracy
+    while held-out accuracy on the other classes stays within 8 points (the baselines' contract).
+    The default takes the removed class's targets from the proxy, which never saw the class."""
+    import json
+
+    from unforget.options import as_plain
+    from unforget.unlearn import ApplyRequest, apply
+
+    result = apply(
+        ApplyRequest(
+            ckpt=tiny_ckpt,
+            manifest=sample_dir / "forget_class_sandal.txt",
+            method=method,
+            out=tmp_path / "u.safetensors",
+        ),
+        precision=CPU,
+    )
+    assert result.receipt is not None
+    receipt = result.receipt.as_dict()
+    assert receipt["method"] == method and receipt["stop_reason"]
+    assert receipt["options"] == as_plain(make_config(get_method(method), {}))
+    json.dumps(receipt["method_details"])
+    before, after = receipt["metrics"]["before"], receipt["metrics"]["after"]
+    assert after["forget"]["accuracy"] < before["forget"]["accuracy"] - 0.10
+    other = "heldout_other_classes"
+    assert after[other]["accuracy"] >= before[other]["accuracy"] - 0.08
+    if method == "proxy-distill":
+        assert receipt["method_details"]["targets"]["forget_rows_of_removed_classes"] == 600
+
+
 # --- the sample (slow) ----------------------------------------------------------------------------
 
 
@@ -167,14 +208,13 @@ def test_default_forgets_the_sample_to_heldout_level(
     """Random 10 % and 30 % of the sample: forget accuracy within 3 points of held-out accuracy
     (exact retrains land there: 0.85-0.86 on the sample), held-out accuracy kept within 1.5
     points, and no GuardRailError at 30 %."""
-    from unforget.device import precision_for, resolve_device
     from unforget.unlearn import ApplyRequest, apply
 
     manifest = _random_manifest(sample_ckpt, tmp_path / "ids.txt", fraction, seed=3)
     try:
         result = apply(
             ApplyRequest(ckpt=sample_ckpt, manifest=manifest, out=tmp_path / "u.safetensors"),
-            precision=precision_for(resolve_device("cpu")),
+            precision=CPU,
         )
     except GuardRailError as exc:  # pragma: no cover - the failure this test guards against
         pytest.fail(f"GuardRailError at {fraction:.0%}: {exc}")
