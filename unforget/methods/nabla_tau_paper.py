@@ -89,7 +89,7 @@ class NablaTauPaper:
     Config: ClassVar[type] = PaperConfig
 
     def run(self, task: UnlearnTask, config: PaperConfig) -> Outcome:
-        if task.reference is None or len(task.reference.dataset) < 1:
+        if task.reference is None or len(task.reference.dataset) < 1:  # type: ignore[arg-type]
             raise InputError("nabla-tau-paper needs held-out reference rows (τ)")
         model = task.model
         freeze_batchnorm(model)

@@ -344,7 +344,7 @@ class ProxyDistill:
     Config: ClassVar[type] = ProxyDistillConfig
 
     def run(self, task: UnlearnTask, config: ProxyDistillConfig) -> Outcome:
-        if task.reference is None or len(task.reference.dataset) < 10:
+        if task.reference is None or len(task.reference.dataset) < 10:  # type: ignore[arg-type]
             raise InputError(
                 "proxy-distill needs at least 10 held-out reference rows "
                 "(data.reference_fraction of the held-out split)"
