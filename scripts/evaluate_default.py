@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from unforget.audit.pipeline import AuditRequest, run_audit
-from unforget.checkpoint import load_checkpoint
-from unforget.context import open_workspace, resolve_spec
-from unforget.device import precision_for, resolve_device
-from unforget.manifest import read_manifest
-from unforget.training_run import train_checkpoint
-from unforget.unlearn import ApplyRequest, apply
+from unforget.workflows.audit import AuditRequest, run_audit
+from unforget.io.checkpoint import load_checkpoint
+from unforget.workflows.workspace import open_workspace, resolve_spec
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.io.manifest import read_manifest
+from unforget.workflows.train import train_checkpoint
+from unforget.workflows.unlearn import ApplyRequest, apply
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"

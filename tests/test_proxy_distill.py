@@ -17,7 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unforget.device import precision_for, resolve_device
+from unforget.runtime.device import precision_for, resolve_device
 from unforget.errors import GuardRailError
 from unforget.methods import DEFAULT_METHOD, get_method, make_config
 from unforget.methods.nabla_tau_paper import PaperConfig, paper_forget_epochs, paper_loss
@@ -163,8 +163,8 @@ def test_contract_class_removal(
     The default takes the removed class's targets from the proxy, which never saw the class."""
     import json
 
-    from unforget.options import as_plain
-    from unforget.unlearn import ApplyRequest, apply
+    from unforget.config.options import as_plain
+    from unforget.workflows.unlearn import ApplyRequest, apply
 
     result = apply(
         ApplyRequest(
@@ -192,7 +192,7 @@ def test_contract_class_removal(
 
 
 def _random_manifest(ckpt: Path, path: Path, fraction: float, seed: int) -> Path:
-    from unforget.context import open_workspace
+    from unforget.workflows.workspace import open_workspace
 
     ids = open_workspace(ckpt).train.ids
     rows = np.random.default_rng(seed).choice(len(ids), int(fraction * len(ids)), replace=False)
@@ -208,7 +208,7 @@ def test_default_forgets_the_sample_to_heldout_level(
     """Random 10 % and 30 % of the sample: forget accuracy within 3 points of held-out accuracy
     (exact retrains land there: 0.85-0.86 on the sample), held-out accuracy kept within 1.5
     points, and no GuardRailError at 30 %."""
-    from unforget.unlearn import ApplyRequest, apply
+    from unforget.workflows.unlearn import ApplyRequest, apply
 
     manifest = _random_manifest(sample_ckpt, tmp_path / "ids.txt", fraction, seed=3)
     try:

@@ -34,7 +34,7 @@ from torch import nn
 from unforget.errors import InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import Guard, device_batch, freeze_batchnorm, mean_loss, paired, require
-from unforget.progress import Tick
+from unforget.runtime.progress import Tick
 
 
 @dataclass(frozen=True, kw_only=True)

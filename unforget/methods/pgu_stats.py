@@ -36,10 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from unforget.checkpoint import load_checkpoint, save_checkpoint
-from unforget.device import Precision
+from unforget.data.loaders import to_device
 from unforget.errors import CheckpointError
-from unforget.loaders import to_device
+from unforget.io.checkpoint import load_checkpoint, save_checkpoint
+from unforget.runtime.device import Precision
 
 SAMPLES_KEY = "__samples__"  # 0-d int64 tensor: samples summed over
 META_KEY = "unforget.pgu"  # JSON: {"version", "samples", "layers": {name: dim}}

@@ -60,8 +60,8 @@ import torch
 from torch import nn
 
 from unforget.errors import InputError
-from unforget.evaluate import predict
-from unforget.loaders import Batch, RowSource, make_loader
+from unforget.training.evaluate import predict
+from unforget.data.loaders import Batch, RowSource, make_loader
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import (
     Guard,
@@ -71,8 +71,8 @@ from unforget.methods.loop import (
     paired,
     require,
 )
-from unforget.progress import Tick
-from unforget.train import make_optimizer
+from unforget.runtime.progress import Tick
+from unforget.training.loop import make_optimizer
 
 F = nn.functional
 

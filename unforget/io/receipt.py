@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from unforget.evaluate import Score
+from unforget.training.evaluate import Score
 
 SCHEMA = "unforget.receipt/1"
 

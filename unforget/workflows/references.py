@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from unforget import checkpoint as ckpt_io
-from unforget.context import Workspace
-from unforget.device import Precision
-from unforget.options import as_plain
-from unforget.progress import ProgressFn, silent
-from unforget.train import fit
+from unforget.config.options import as_plain
+from unforget.io import checkpoint as ckpt_io
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import ProgressFn, silent
+from unforget.training.loop import fit
+from unforget.workflows.workspace import Workspace
 
 CHOICES = (8, 4, 2)
 

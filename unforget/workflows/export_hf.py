@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unforget import checkpoint as ckpt_io
 from unforget.errors import CheckpointError, OutputExistsError, SpecError
+from unforget.io import checkpoint as ckpt_io
 from unforget.models.hf import load_config, model_directory, quiet_transformers, strip_prefix
 
 if TYPE_CHECKING:

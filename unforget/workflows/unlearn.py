@@ -19,24 +19,24 @@ from typing import Any
 import numpy as np
 
 from unforget import __version__
-from unforget import checkpoint as ckpt_io
-from unforget.context import Workspace, open_workspace
-from unforget.device import Precision, seed_everything
+from unforget.config.options import as_plain
+from unforget.config.spec import relativise_data_path
+from unforget.data.loaders import make_loader, source
 from unforget.errors import InputError
-from unforget.evaluate import predict, score
-from unforget.fileio import atomic_write_json, refuse_existing
-from unforget.ledger import covered, entries_to_json, find_manifest, new_entry
-from unforget.loaders import make_loader, source
-from unforget.manifest import Manifest, read_manifest
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.fileio import atomic_write_json, refuse_existing
+from unforget.io.ledger import covered, entries_to_json, find_manifest, new_entry
+from unforget.io.manifest import Manifest, read_manifest
+from unforget.io.receipt import Provenance, Receipt, Snapshot
 from unforget.methods import get_method, make_config
 from unforget.methods.base import GuardConfig, Outcome, UnlearnTask
 from unforget.methods.pgu import sidecar_update
 from unforget.methods.pgu_stats import save_statistics, sidecar_path
-from unforget.options import as_plain
-from unforget.progress import ProgressFn, silent
-from unforget.receipt import Provenance, Receipt, Snapshot
-from unforget.spec import relativise_data_path
-from unforget.train import fit
+from unforget.runtime.device import Precision, seed_everything
+from unforget.runtime.progress import ProgressFn, silent
+from unforget.training.evaluate import predict, score
+from unforget.training.loop import fit
+from unforget.workflows.workspace import Workspace, open_workspace
 
 EVAL_BATCH = 512
 RETAIN_SAMPLE = 2048

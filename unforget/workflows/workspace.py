@@ -15,16 +15,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from unforget import checkpoint as ckpt_io
-from unforget.checkpoint import Checkpoint
-from unforget.data import InputInfo, Split, fingerprint, input_info, load_split, reference_mask
-from unforget.device import Precision
-from unforget.errors import DataError, SpecError
-from unforget.ledger import LedgerEntry, covered, entries_from_json
-from unforget.loaders import Encoder
-from unforget.manifest import Manifest, canonical_ids, resolve_rows
-from unforget.models import build_model
-from unforget.spec import (
+from unforget.config.spec import (
     RunSpec,
     flags_layer,
     merge_spec,
@@ -32,7 +23,23 @@ from unforget.spec import (
     spec_layer_from_json,
     spec_layer_from_toml,
 )
-from unforget.train import prepare_model
+from unforget.data.loaders import Encoder
+from unforget.data.splits import (
+    InputInfo,
+    Split,
+    fingerprint,
+    input_info,
+    load_split,
+    reference_mask,
+)
+from unforget.errors import DataError, SpecError
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.checkpoint import Checkpoint
+from unforget.io.ledger import LedgerEntry, covered, entries_from_json
+from unforget.io.manifest import Manifest, canonical_ids, resolve_rows
+from unforget.models import build_model
+from unforget.runtime.device import Precision
+from unforget.training.loop import prepare_model
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,6 @@ def open_workspace(
 def _encoder(checkpoint: Checkpoint, info: InputInfo) -> Encoder | None:
     if info.kind != "text":
         return None
-    from unforget.text import encoder_from_checkpoint
+    from unforget.data.text import encoder_from_checkpoint
 
     return encoder_from_checkpoint(checkpoint, max_length=info.shape[0])
