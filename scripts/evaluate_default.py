@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from unforget.workflows.audit import AuditRequest, run_audit
 from unforget.io.checkpoint import load_checkpoint
-from unforget.workflows.workspace import open_workspace, resolve_spec
-from unforget.runtime.device import precision_for, resolve_device
 from unforget.io.manifest import read_manifest
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.workflows.audit import AuditRequest, run_audit
 from unforget.workflows.train import train_checkpoint
 from unforget.workflows.unlearn import ApplyRequest, apply
+from unforget.workflows.workspace import open_workspace, resolve_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"

@@ -17,7 +17,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unforget.runtime.device import precision_for, resolve_device
 from unforget.errors import GuardRailError
 from unforget.methods import DEFAULT_METHOD, get_method, make_config
 from unforget.methods.nabla_tau_paper import PaperConfig, paper_forget_epochs, paper_loss
@@ -28,6 +27,7 @@ from unforget.methods.proxy_distill import (
     quantile_map,
     target_distribution,
 )
+from unforget.runtime.device import precision_for, resolve_device
 
 CPU = precision_for(resolve_device("cpu"))
 

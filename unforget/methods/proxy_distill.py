@@ -59,9 +59,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from unforget.errors import InputError
-from unforget.training.evaluate import predict
 from unforget.data.loaders import Batch, RowSource, make_loader
+from unforget.errors import InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import (
     Guard,
@@ -72,6 +71,7 @@ from unforget.methods.loop import (
     require,
 )
 from unforget.runtime.progress import Tick
+from unforget.training.evaluate import predict
 from unforget.training.loop import make_optimizer
 
 F = nn.functional
