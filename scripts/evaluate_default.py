@@ -65,13 +65,17 @@ def retrain(manifest: Path, out: Path, seed: int) -> float:
 
 
 def unlearn(method: str, manifest: Path, out: Path, seed: int) -> tuple[float, str]:
-    """``unforget apply --method method --seed seed``; returns wall seconds and stop reason."""
+    """``unforget apply --method NAME [--set k=v ...] --seed seed`` for ``NAME[k=v;k=v]``;
+    returns wall seconds and stop reason."""
+    name, _, rest = method.partition("[")
+    options = dict(kv.split("=", 1) for kv in rest.rstrip("]").split(";") if kv)
     start = time.perf_counter()
     result = apply(
         ApplyRequest(
             ckpt=SAMPLE / "model.safetensors",
             manifest=manifest,
-            method=method,
+            method=name,
+            options=options,
             out=out,
             seed=seed,
             force=True,
@@ -141,8 +145,13 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default="random10,random20")
-    parser.add_argument("--methods", default="proxy-distill,nabla-tau-paper,pgu,scrub")
+    parser.add_argument(
+        "--methods",
+        default="proxy-distill,nabla-tau-paper,pgu,scrub",
+        help="comma-separated; NAME[k=v;k=v] passes options (as --set)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--refs", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("eval"))
     args = parser.parse_args()
@@ -159,7 +168,7 @@ def main() -> None:
                 **audit(SAMPLE / "model.safetensors", manifest, args.refs),
             }
         )
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             folder = args.out / setting.replace(":", "-") / f"seed{seed}"
             folder.mkdir(parents=True, exist_ok=True)
             retrain_seconds = retrain(manifest, folder / "retrain.safetensors", seed)
@@ -172,7 +181,10 @@ def main() -> None:
                 }
             )
             for method in args.methods.split(","):
-                out = folder / f"{method}.safetensors"
+                out = (
+                    folder
+                    / f"{method.replace('[', '_').replace(']', '').replace(';', '_')}.safetensors"
+                )
                 try:
                     seconds, stop = unlearn(method, manifest, out, seed)
                 except Exception as exc:  # a failing method is a result (e.g. GuardRailError)
