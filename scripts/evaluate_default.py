@@ -152,6 +152,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--reuse-retrain", action="store_true", help="keep timed retrains")
     parser.add_argument("--refs", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("eval"))
     args = parser.parse_args()
@@ -171,7 +172,12 @@ def main() -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             folder = args.out / setting.replace(":", "-") / f"seed{seed}"
             folder.mkdir(parents=True, exist_ok=True)
-            retrain_seconds = retrain(manifest, folder / "retrain.safetensors", seed)
+            done = folder / "retrain.seconds.txt"  # reuse a retrain timed by an earlier run
+            if args.reuse_retrain and done.is_file():
+                retrain_seconds = float(done.read_text())
+            else:
+                retrain_seconds = retrain(manifest, folder / "retrain.safetensors", seed)
+                done.write_text(f"{retrain_seconds}\n")
             row = {"setting": setting, "seed": seed, "model": "retrain", "time_ratio": 1.0}
             rows.append(
                 {

@@ -103,13 +103,13 @@ class ProxyDistillConfig:
         default=15, metadata={"help": "floor on passes over F (large forget sets)"}
     )
     budget: float = field(
-        default=0.1, metadata={"help": "cap on paired steps, in recipe epochs of R batches"}
+        default=0.25, metadata={"help": "cap on paired steps, in recipe epochs of R batches"}
     )
     fit_tolerance: float = field(
         default=0.1, metadata={"help": "stop when KL to targets < this share of its start"}
     )
     settle_tolerance: float = field(default=0.015, metadata={"help": "accuracy within start"})
-    max_accuracy_drop: float = field(default=0.03, metadata={"help": "drop that brakes the lr"})
+    max_accuracy_drop: float = field(default=0.05, metadata={"help": "drop that brakes the lr"})
     check_rows: int = field(default=512, metadata={"help": "forget rows in the fixed check"})
 
     def __post_init__(self) -> None:
