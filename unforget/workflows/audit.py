@@ -32,12 +32,16 @@ from unforget.audit.verdict import decide, sample_size_check
 from unforget.data.loaders import make_loader, source
 from unforget.errors import InputError
 from unforget.io import checkpoint as ckpt_io
-from unforget.io.fileio import sha256_file
 from unforget.io.manifest import read_manifest
 from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
 from unforget.workflows import references
-from unforget.workflows.workspace import Workspace, open_workspace
+from unforget.workflows.workspace import (
+    Workspace,
+    open_workspace,
+    read_checkpoint,
+    weights_sha256,
+)
 
 SCHEMA = "unforget.audit/1"
 FPRS = (0.01, 0.001)
@@ -184,8 +188,8 @@ def run_audit(
     timing["scoring_seconds"] = time.perf_counter() - t0
     timing["total_seconds"] = time.perf_counter() - started
     if original_path:
-        inputs["original"] = {"path": str(original_path), "sha256": sha256_file(original_path)}
-    inputs["retrained"] = [{"path": str(p), "sha256": sha256_file(p)} for p in request.retrained]
+        inputs["original"] = {"path": str(original_path), "sha256": weights_sha256(original_path)}
+    inputs["retrained"] = [{"path": str(p), "sha256": weights_sha256(p)} for p in request.retrained]
     return AuditReport(
         inputs=inputs,
         settings=_settings(request, report["attack"], plan.k),
@@ -235,7 +239,7 @@ def _original_from_receipt(ckpt: Path, notes: list[str]) -> Path | None:
     given = Path(receipt.get("input_path", ""))
     # As written (absolute, or relative to where apply ran), or beside the audited checkpoint.
     for candidate in (given, ckpt.parent / given, ckpt.parent / given.name):
-        if candidate.is_file() and sha256_file(candidate) == receipt.get("input_sha256"):
+        if candidate.exists() and weights_sha256(candidate) == receipt.get("input_sha256"):
             notes.append(f"positive control: {candidate} (input named in the receipt)")
             return candidate
     notes.append("the receipt's input checkpoint was not found; no positive control")
@@ -244,7 +248,7 @@ def _original_from_receipt(ckpt: Path, notes: list[str]) -> Path | None:
 
 def _recipe_check(ws: Workspace, path: Path) -> list[str]:
     """A user-given retrained model must share the target's recipe: else a diagnostic."""
-    meta = ckpt_io.load_checkpoint(path).meta_json(ckpt_io.KEY_SPEC) or {}
+    meta = read_checkpoint(path).meta_json(ckpt_io.KEY_SPEC) or {}
     theirs = meta.get("recipe", {})
     ours = json.loads(ws.spec.to_json())["recipe"]
     differs = sorted(k for k in ours if k != "seed" and theirs.get(k) != ours[k])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,17 +59,90 @@ class ApplyRequest:
 
 
 @dataclass(frozen=True)
+class Assessment:
+    """Does the forget set now look like data the model never saw? Accuracies are shares.
+
+    ``unseen_accuracy`` is held-out accuracy after the run (on the removed classes' held-out rows
+    when whole classes were removed: a model that never saw a class scores ~0 on it).
+    ``tolerance`` is the gap still read as "alike": 3 points, or two standard errors of the
+    difference of two proportions, sqrt(p(1−p)/n_F + p(1−p)/n_H), when that is wider (small
+    forget sets). ``collapsed``: held-out accuracy on the kept classes fell more than
+    ``COLLAPSE_DROP`` during the run, so the model lost more than the forget set.
+    """
+
+    forget_accuracy: float
+    unseen_accuracy: float
+    tolerance: float
+    heldout_before: float
+    heldout_after: float
+    collapsed: bool
+
+    @property
+    def gap(self) -> float:
+        """Forget minus unseen accuracy: > tolerance still remembered, < −tolerance over-forgot."""
+        return self.forget_accuracy - self.unseen_accuracy
+
+    @property
+    def state(self) -> str:
+        """``like_unseen``, ``remembered`` or ``over_forgotten``."""
+        if self.gap > self.tolerance:
+            return "remembered"
+        return "over_forgotten" if self.gap < -self.tolerance else "like_unseen"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "forget_accuracy": round(self.forget_accuracy, 6),
+            "unseen_accuracy": round(self.unseen_accuracy, 6),
+            "tolerance": round(self.tolerance, 6),
+            "heldout_accuracy_before": round(self.heldout_before, 6),
+            "heldout_accuracy_after": round(self.heldout_after, 6),
+            "collapsed": self.collapsed,
+        }
+
+
+COLLAPSE_DROP = 0.05  # held-out accuracy points lost during the run that count as a collapse
+
+
+def assess(before: Snapshot, after: Snapshot) -> Assessment:
+    """Compare forget accuracy with held-out accuracy after the run (see :class:`Assessment`)."""
+    if after.removed_classes and after.other_classes and before.other_classes:
+        unseen, kept_before, kept_after = (
+            after.removed_classes,
+            before.other_classes,
+            after.other_classes,
+        )
+    else:
+        unseen, kept_before, kept_after = after.heldout, before.heldout, after.heldout
+    p = min(max(unseen.accuracy, 0.0), 1.0)
+    se = float(np.sqrt(p * (1 - p) * (1 / max(after.forget.n, 1) + 1 / max(unseen.n, 1))))
+    return Assessment(
+        forget_accuracy=after.forget.accuracy,
+        unseen_accuracy=unseen.accuracy,
+        tolerance=max(0.03, 2 * se),
+        heldout_before=kept_before.accuracy,
+        heldout_after=kept_after.accuracy,
+        collapsed=kept_before.accuracy - kept_after.accuracy > COLLAPSE_DROP,
+    )
+
+
+@dataclass(frozen=True)
 class ApplyResult:
-    """``receipt`` is None when the manifest was already applied (nothing written)."""
+    """``receipt`` is None when the manifest was already applied (nothing written); then
+    ``already_applied`` says by which earlier request, and ``assessment`` is None."""
 
     out: Path
     receipt_path: Path
     receipt: Receipt | None
     already_applied: str | None = None
+    assessment: Assessment | None = None
 
 
 def default_out(ckpt: Path) -> Path:
-    """``model.safetensors`` -> ``model.unlearned.safetensors`` beside the input."""
+    """``model.safetensors`` -> ``model.unlearned.safetensors`` beside the input; a model
+    directory ``minilm/`` -> ``minilm.unlearned/``."""
+    if ckpt.is_dir():
+        return ckpt.with_name(f"{ckpt.name}.unlearned")
     return ckpt.with_name(f"{ckpt.stem}.unlearned.safetensors")
 
 
@@ -280,7 +354,10 @@ def _write(
         method=request.method,
         time=now,
     )
-    spec = relativise_data_path(ws.spec, base=out.resolve().parent)
+    # Relative to the folder the written weights sit in (inside the directory for a model dir).
+    spec = relativise_data_path(
+        ws.spec, base=out.resolve() if ws.model_dir else out.resolve().parent
+    )
     metadata = {
         k: v
         for k, v in ws.checkpoint.metadata.items()
@@ -293,9 +370,15 @@ def _write(
             ckpt_io.KEY_LEDGER: entries_to_json([*ws.ledger, entry]),
         }
     )
-    sha = ckpt_io.save_checkpoint(
-        out, ckpt_io.state_dict_cpu(outcome.model), metadata=metadata, force=request.force
-    )
+    state = ckpt_io.state_dict_cpu(outcome.model)
+    if ws.model_dir is not None:  # a HuggingFace directory in, a loadable directory out
+        from unforget.workflows.export_hf import save_model_dir
+
+        sha = save_model_dir(
+            out, state, source=ws.model_dir, metadata=metadata, force=request.force
+        )
+    else:
+        sha = ckpt_io.save_checkpoint(out, state, metadata=metadata, force=request.force)
     stats_path = sidecar_path(out)
     if statistics is not None:
         save_statistics(
@@ -321,8 +404,13 @@ def _write(
     try:
         atomic_write_json(receipt_path(out), receipt.as_dict())
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            out.unlink()
+        if out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                out.unlink()
         stats_path.unlink(missing_ok=True)
         raise
-    return ApplyResult(out=out, receipt_path=receipt_path(out), receipt=receipt)
+    return ApplyResult(
+        out=out, receipt_path=receipt_path(out), receipt=receipt, assessment=assess(before, after)
+    )
