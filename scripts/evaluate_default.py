@@ -216,9 +216,7 @@ def main() -> None:
                     }
                 )
             path.write_text(json.dumps(rows, indent=1))
-            print(
-                table([r for r in rows if "auc_diff" in r or r["model"] != "original"]), flush=True
-            )
+            print(table([r for r in rows if "auc_diff" in r]), flush=True)
     done = [r for r in rows if "auc_diff" in r]
     errors = [r for r in rows if "error" in r]
     text = table(done) + "".join(
