@@ -1,7 +1,9 @@
 """``unforget audit``: does the forget set still look like training members?
 
-Flow (audit.md): resolve inputs → sample-size check (before any training) → reference models →
-signals (torch) → scores (numpy) → metrics (numpy) → verdict. The primary attack is fixed by K
+Flow (audit.md): resolve inputs → pre-check of |F|, |H| and K (before any training; it says
+whether a PASS is reachable but never stops the audit: small requests are attacked too) →
+reference models → signals (torch) → :func:`unforget.audit.scoring.audit_signals` (scores,
+metrics, comparison with the negative controls, verdict; numpy). The primary attack is fixed by K
 before anything is scored (RMIA below 16 references, LiRA from 16); population-loss numbers are
 reported beside it for comparison with papers, never used for the verdict.
 """
@@ -9,6 +11,7 @@ reported beside it for comparison with papers, never used for the verdict.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,23 +22,23 @@ import numpy as np
 from torch import nn
 
 from unforget.audit import attacks, metrics
+from unforget.audit.power import sample_size_check
 from unforget.audit.results import (
     AttackMetrics,
-    AttackScores,
-    Estimate,
+    ReferenceComparison,
     SampleSizeCheck,
     Verdict,
     VerdictRule,
 )
+from unforget.audit.scoring import FPRS, audit_signals
 from unforget.audit.signals import Signals, compute_signals
-from unforget.audit.verdict import decide, sample_size_check
 from unforget.data.loaders import make_loader, source
 from unforget.errors import InputError
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.manifest import read_manifest
 from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
-from unforget.workflows import references
+from unforget.workflows import ref_budget, references
 from unforget.workflows.workspace import (
     Workspace,
     open_workspace,
@@ -43,8 +46,7 @@ from unforget.workflows.workspace import (
     weights_sha256,
 )
 
-SCHEMA = "unforget.audit/1"
-FPRS = (0.01, 0.001)
+SCHEMA = "unforget.audit/2"  # /2: verdict relative to the references (comparison objects)
 RETAIN_SAMPLE = 2048
 
 
@@ -63,6 +65,17 @@ class AuditRequest:
     cache_dir: Path | None = None
     accept_data_change: bool = False
     n_boot: int = 1000
+    jobs: int = 1  # local processes training references
+    ref_source: str = "retain"  # "retain" (per request) or "pool" (trained once; see references)
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise InputError(f"--jobs must be at least 1, not {self.jobs}")
+        if self.ref_source not in references.SOURCES:
+            raise InputError(
+                f"--ref-source must be one of {', '.join(references.SOURCES)}, "
+                f"not {self.ref_source!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -107,7 +120,8 @@ class AuditReport:
     target: ModelResult | None
     original: ModelResult | None
     references: tuple[ModelResult, ...]
-    auc_difference: Estimate | None
+    comparison: ReferenceComparison | None  # target vs negative controls (None when K < 2)
+    positive_comparison: ReferenceComparison | None  # original vs the same controls
     signal_remaining: float | None
     diagnostics: tuple[str, ...]
     verdict: Verdict
@@ -117,7 +131,29 @@ class AuditReport:
     roc: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Scored:
+    """What :func:`_score` hands back to :func:`run_audit` (the report's scoring half)."""
+
+    attack: str
+    k: int
+    target: ModelResult
+    original: ModelResult | None
+    references: tuple[ModelResult, ...]
+    comparison: ReferenceComparison | None
+    positive_comparison: ReferenceComparison | None
+    signal_remaining: float | None
+    sample: SampleSizeCheck
+    verdict: Verdict
+    per_sample: PerSample
+    roc: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
 Notice = Callable[[str], None]
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 def run_audit(
@@ -126,8 +162,13 @@ def run_audit(
     precision: Precision,
     on_progress: ProgressFn = silent,
     on_notice: Notice = lambda _: None,
+    on_warning: Notice = _stderr,
 ) -> AuditReport:
-    """Audit ``request.ckpt`` against ``request.manifest`` (see module docstring)."""
+    """Audit ``request.ckpt`` against ``request.manifest`` (see module docstring).
+
+    ``on_notice`` gets progress lines for humans; ``on_warning`` gets what must never be silent
+    (a cached reference that failed verification), by default on stderr.
+    """
     started = time.perf_counter()
     timing: dict[str, float] = {}
     manifest = read_manifest(request.manifest)
@@ -140,50 +181,43 @@ def run_audit(
     forget = ws.forget_rows(manifest)
     heldout, notes = _heldout_rows(ws, forget, request.ckpt)
     retain = ws.retain_rows(forget)
-    sample = sample_size_check(len(forget), len(heldout), request.rule)
     inputs = _inputs(request, ws, manifest.sha256, len(forget), len(heldout))
     original_path = request.original or _original_from_receipt(request.ckpt, notes)
-    if not sample.pass_reachable:
-        on_notice(
-            f"a PASS is impossible at these margins with |F|={len(forget)} and "
-            f"|H|={len(heldout)}: smallest detectable AUC effect "
-            f"{sample.min_detectable_auc_delta:.3f} (δ = {request.rule.delta_auc})"
-        )
-        if request.refs is None and not request.retrained:
-            return _early(request, inputs, sample, notes, timing, started)
-    cache = request.cache_dir or references.default_cache_dir()
-    plan = references.plan(
-        request.refs,
-        ws=ws,
-        retain=retain,
-        seed=request.seed,
-        budget_minutes=request.budget_minutes,
-        cache_dir=cache,
-        precision=precision,
-    )
-    to_train = plan.k - plan.cached
-    on_notice(
-        f"references: K={plan.k} ({plan.reason}); {plan.cached} cached, {to_train} to "
-        f"train, about {to_train * plan.seconds_per_reference / 60:.1f} min"
+    k_planned = request.refs if request.refs is not None else ref_budget.CHOICES[0]
+    sample = _precheck(
+        len(forget),
+        len(heldout),
+        k=k_planned + len(request.retrained),
+        request=request,
+        on_notice=on_notice,
     )
     t0 = time.perf_counter()
-    refs = references.ensure(
-        plan.k,
-        ws=ws,
-        retain=retain,
-        seed=request.seed,
-        cache_dir=cache,
-        precision=precision,
-        on_progress=on_progress,
-    )
+    chosen = _references(request, ws, retain, precision, on_progress, on_notice, on_warning)
+    if chosen is None:
+        return _early(request, inputs, sample, notes, timing, started)
+    refs, records = chosen
     timing["references_seconds"] = time.perf_counter() - t0
+    inputs["references"] = [r.as_json() for r in records]
+    timing["references_trained"] = sum(r.status != "cached" for r in records)
+    notes += [
+        f"reference {r.identity.key[:12]}… rebuilt: {r.problem}" for r in records if r.problem
+    ]
     refs += [ws.load_model(p, precision) for p in request.retrained]
     diagnostics = tuple(d for p in request.retrained for d in _recipe_check(ws, p))
     target = ws.load_model(None, precision)
     original = ws.load_model(original_path, precision) if original_path else None
     t0 = time.perf_counter()
-    report = _score(
-        request, ws, forget, heldout, retain, target, original, refs, sample, precision, diagnostics
+    scored = _score(
+        ws,
+        request=request,
+        forget=forget,
+        heldout=heldout,
+        retain=retain,
+        target=target,
+        original=original,
+        refs=refs,
+        precision=precision,
+        diagnostics=diagnostics,
     )
     timing["scoring_seconds"] = time.perf_counter() - t0
     timing["total_seconds"] = time.perf_counter() - started
@@ -192,11 +226,92 @@ def run_audit(
     inputs["retrained"] = [{"path": str(p), "sha256": weights_sha256(p)} for p in request.retrained]
     return AuditReport(
         inputs=inputs,
-        settings=_settings(request, report["attack"], plan.k),
-        sample=sample,
+        settings=_settings(request, scored.attack, scored.k),
+        sample=scored.sample,
+        attack=scored.attack,
+        k=scored.k,
+        target=scored.target,
+        original=scored.original,
+        references=scored.references,
+        comparison=scored.comparison,
+        positive_comparison=scored.positive_comparison,
+        signal_remaining=scored.signal_remaining,
+        diagnostics=diagnostics,
+        verdict=scored.verdict,
         timing=timing,
         notes=tuple(notes),
-        **report,
+        per_sample=scored.per_sample,
+        roc=scored.roc,
+    )
+
+
+def _precheck(
+    n_forget: int, n_heldout: int, *, k: int, request: AuditRequest, on_notice: Notice
+) -> SampleSizeCheck:
+    """Say before any training whether a PASS is reachable, and what would make it so.
+
+    The attack runs either way (a small request can still be FAIL-LEAK, audit.md "Verdict").
+    """
+    check = sample_size_check(n_forget, n_heldout, k=k, rule=request.rule)
+    if not check.pass_reachable:
+        on_notice(
+            f"a PASS is out of reach with |F|={n_forget}, |H|={n_heldout}, K={k} "
+            f"(δ = {request.rule.delta_auc}); the attack still runs and can find a leak: "
+            f"{check.advice}"
+        )
+    return check
+
+
+def _references(
+    request: AuditRequest,
+    ws: Workspace,
+    retain: np.ndarray,
+    precision: Precision,
+    on_progress: ProgressFn,
+    on_notice: Notice,
+    on_warning: Notice,
+) -> tuple[list[nn.Module], list[references.Record]] | None:
+    """Choose K (estimate printed first), then load the verified or train the missing references.
+
+    Returns ``None`` when ``--refs auto`` cannot afford the minimum K for a PASS (the one-line
+    reason has been given to ``on_notice``; the audit is INCONCLUSIVE without training).
+    """
+    cache = request.cache_dir or references.default_cache_dir()
+    split, rows = references.training_rows(ws, request.ref_source, retain)
+    most = request.refs if request.refs is not None else ref_budget.CHOICES[0]
+    ids = references.identities(
+        ws,
+        source=request.ref_source,
+        rows=rows,
+        split=split,
+        seeds=references.reference_seeds(most, seed=request.seed),
+    )
+    measured: list[ref_budget.StepTiming] = []
+
+    def seconds_per_reference() -> float:
+        measured.append(ref_budget.measure_steps(ws, split=split, rows=rows, precision=precision))
+        return measured[-1].seconds_per_reference
+
+    plan = ref_budget.choose(
+        request.refs,
+        cached=lambda k: sum(references.is_cached(cache, i) for i in ids[:k]),
+        seconds_per_reference=seconds_per_reference,
+        budget_minutes=request.budget_minutes,
+        jobs=request.jobs,
+    )
+    if not plan.fits:
+        on_notice(f"references: {plan.reason}")
+        return None
+    on_notice(ref_budget.describe(plan, measured[-1] if measured else None))
+    return references.train_references(
+        ws,
+        identities=ids[: plan.k],
+        rows=rows,
+        cache_dir=cache,
+        precision=precision,
+        jobs=request.jobs,
+        on_progress=on_progress,
+        on_warning=on_warning,
     )
 
 
@@ -273,51 +388,39 @@ def _signals(
 
 
 def _score(
-    request: AuditRequest,
     ws: Workspace,
+    *,
+    request: AuditRequest,
     forget: np.ndarray,
     heldout: np.ndarray,
     retain: np.ndarray,
     target: nn.Module,
     original: nn.Module | None,
     refs: list[nn.Module],
-    sample: SampleSizeCheck,
     precision: Precision,
     diagnostics: tuple[str, ...],
-) -> dict[str, Any]:
+) -> _Scored:
+    """Query every model (torch), then run the numpy audit of :mod:`unforget.audit.scoring`."""
     rng = np.random.default_rng(request.seed)
     retain_sample = np.sort(rng.choice(retain, size=min(RETAIN_SAMPLE, len(retain)), replace=False))
     is_forget = np.r_[np.ones(len(forget), bool), np.zeros(len(heldout), bool)]
     sig_t = _signals(ws, target, forget, heldout, precision)
     sig_o = _signals(ws, original, forget, heldout, precision) if original else None
     sig_r = [_signals(ws, m, forget, heldout, precision) for m in refs]
-    k = len(refs)
-    attack = attacks.primary_attack_name(k)
-    a = 0.3
-    if attack == "rmia":
-        p_refs = np.stack([s.p for s in sig_r])
-        a = attacks.tune_rmia_a(sig_o.p if sig_o else None, p_refs, is_forget=is_forget)
-
-    def scores(sig: Signals, others: list[Signals]) -> np.ndarray:
-        if attack == "rmia":
-            return attacks.rmia_offline(sig.p, np.stack([s.p for s in others]), a=a)
-        if attack == "lira":
-            return attacks.lira_offline(sig.phi, np.stack([s.phi for s in others]))
-        return attacks.loss_attack_scores(sig.loss)
+    scored = audit_signals(
+        target=sig_t,
+        original=sig_o,
+        references=sig_r,
+        is_forget=is_forget,
+        rule=request.rule,
+        rng=rng,
+        n_boot=request.n_boot,
+        diagnostics=diagnostics,
+    )
 
     def result(
-        name: str, role: str, model: nn.Module, sig: Signals, others: list[Signals]
+        name: str, role: str, model: nn.Module, sig: Signals, m: AttackMetrics | None
     ) -> ModelResult:
-        s = scores(sig, others)
-        m = None
-        if attack == "population-loss" or others:
-            m = metrics.attack_metrics(
-                AttackScores(attack=attack, forget=s[is_forget], heldout=s[~is_forget]),
-                rng=rng,
-                fprs=FPRS,
-                tail_fpr=request.rule.fpr,
-                n_boot=request.n_boot,
-            )
         return ModelResult(
             name=name,
             role=role,
@@ -333,70 +436,36 @@ def _score(
             ),
         )
 
-    target_result = result("target", "target", target, sig_t, sig_r)
-    original_result = result("original", "original", original, sig_o, sig_r) if sig_o else None
-    ref_results = (
-        tuple(
-            result(
-                f"reference {i + 1}",
-                "reference",
-                refs[i],
-                sig_r[i],
-                [s for j, s in enumerate(sig_r) if j != i],
-            )
-            for i in range(k)
-        )
-        if k >= 2
-        else ()
+    original_result = None
+    if original is not None and sig_o is not None:
+        original_result = result("original", "original", original, sig_o, scored.original)
+    ref_results = tuple(
+        result(f"reference {i + 1}", "reference", refs[i], sig_r[i], m)
+        for i, m in enumerate(scored.controls)
     )
-    controls = [r.metrics for r in ref_results if r.metrics] or None
-    auc_diff = None
-    target_scores = scores(sig_t, sig_r)
-    if controls:
-        auc_diff = metrics.auc_difference_interval(
-            target_scores[is_forget],
-            target_scores[~is_forget],
-            reference_aucs=[c.auc.value for c in controls],
-            rng=rng,
-            n_boot=request.n_boot,
-        )
-    assert target_result.metrics is not None
-    verdict = decide(
-        target=target_result.metrics,
-        references=controls,
-        positive_control=original_result.metrics if original_result else None,
-        auc_diff=auc_diff,
-        rule=request.rule,
-        sample=sample,
-        diagnostics=diagnostics,
-    )
-    auc_ref = float(np.mean([c.auc.value for c in controls])) if controls else 0.5
     remaining = None
-    if original_result and original_result.metrics:
+    if scored.original is not None and scored.comparison is not None:
         remaining = metrics.signal_remaining(
-            target_result.metrics.auc.value, original_result.metrics.auc.value, auc_ref
+            scored.target.auc.value, scored.original.auc.value, scored.comparison.auc_reference
         )
-    roc = {"target": metrics.roc_curve(target_scores[is_forget], target_scores[~is_forget])}
-    if sig_o is not None:
-        s = scores(sig_o, sig_r)
-        roc["original"] = metrics.roc_curve(s[is_forget], s[~is_forget])
-    for i, r in enumerate(ref_results):
-        s = scores(sig_r[i], [x for j, x in enumerate(sig_r) if j != i])
-        roc[r.name] = metrics.roc_curve(s[is_forget], s[~is_forget])
-    per_sample = _per_sample(ws, forget, heldout, target_scores, target_result.metrics)
-    return {
-        "attack": attack,
-        "k": k,
-        "target": target_result,
-        "original": original_result,
-        "references": ref_results,
-        "auc_difference": auc_diff,
-        "signal_remaining": remaining,
-        "diagnostics": diagnostics,
-        "verdict": verdict,
-        "per_sample": per_sample,
-        "roc": roc,
+    roc = {
+        name: metrics.roc_curve(s[is_forget], s[~is_forget])
+        for name, s in scored.roc_scores.items()
     }
+    return _Scored(
+        attack=scored.attack,
+        k=scored.k,
+        target=result("target", "target", target, sig_t, scored.target),
+        original=original_result,
+        references=ref_results,
+        comparison=scored.comparison,
+        positive_comparison=scored.positive_comparison,
+        signal_remaining=remaining,
+        sample=scored.sample,
+        verdict=scored.verdict,
+        per_sample=_per_sample(ws, forget, heldout, scored.target_scores, scored.target),
+        roc=roc,
+    )
 
 
 def _accuracy(ws: Workspace, model: nn.Module, rows: np.ndarray, precision: Precision) -> float:
@@ -448,6 +517,7 @@ def _settings(request: AuditRequest, attack: str, k: int) -> dict[str, Any]:
         "seed": request.seed,
         "refs": k,
         "refs_requested": "auto" if request.refs is None else request.refs,
+        "ref_source": request.ref_source,
         "attack": attack,
         "bootstrap": request.n_boot,
     }
@@ -461,20 +531,20 @@ def _early(
     timing: dict[str, float],
     started: float,
 ) -> AuditReport:
-    """INCONCLUSIVE before any training: the sample cannot support a PASS."""
-    reasons = sample.reasons or ("forget_set_too_small",)
+    """INCONCLUSIVE before any training: ``--refs auto`` cannot afford the minimum K for a PASS
+    within ``--budget`` (nothing was trained; the message says what budget would do)."""
+    explanation = (
+        f"--refs auto: even {ref_budget.MIN_REFS_FOR_PASS} references (the minimum for a PASS) "
+        f"do not fit the {request.budget_minutes:g}-minute --budget; no reference models were "
+        "trained (raise --budget, add --jobs, or pass --refs K)."
+    )
     verdict = Verdict(
         status="INCONCLUSIVE",
         exit_code=5,
-        reasons=tuple(reasons),
+        reasons=("reference_budget",),
         evidence="none",
         min_detectable_auc=sample.min_detectable_auc_delta,
-        explanation=(
-            f"With |F|={sample.n_forget} and |H|={sample.n_heldout} no PASS is possible "
-            f"at δ_AUC={request.rule.delta_auc}; the smallest AUC effect this audit "
-            f"could detect is {sample.min_detectable_auc_delta:.3f}. No reference "
-            "models were trained (pass --refs K to run the attack anyway)."
-        ),
+        explanation=explanation,
     )
     timing["total_seconds"] = time.perf_counter() - started
     return AuditReport(
@@ -486,7 +556,8 @@ def _early(
         target=None,
         original=None,
         references=(),
-        auc_difference=None,
+        comparison=None,
+        positive_comparison=None,
         signal_remaining=None,
         diagnostics=(),
         verdict=verdict,

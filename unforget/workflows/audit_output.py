@@ -1,4 +1,4 @@
-"""Audit results -> JSON (schema ``unforget.audit/1``), per-sample CSV, ROC plot, rich table.
+"""Audit results -> JSON (schema ``unforget.audit/2``), per-sample CSV, ROC plot, rich table.
 
 No computation here: everything shown was computed by :mod:`unforget.workflows.audit`.
 """
@@ -48,7 +48,10 @@ def to_json(report: AuditReport) -> dict[str, Any]:
         "target": _model_json(report.target),
         "positive_control": _model_json(report.original),
         "negative_controls": [_model_json(r) for r in report.references],
-        "auc_difference": as_json(report.auc_difference) if report.auc_difference else None,
+        "comparison": as_json(report.comparison) if report.comparison else None,
+        "positive_comparison": as_json(report.positive_comparison)
+        if report.positive_comparison
+        else None,
         "signal_remaining": None
         if report.signal_remaining is None
         else round(report.signal_remaining, 6),
@@ -190,12 +193,16 @@ def print_audit(console: Any, report: AuditReport) -> None:
         console.print(table)
         if report.signal_remaining is not None:
             console.print(f"signal remaining: {report.signal_remaining:.0%} of the original's")
-        if report.auc_difference is not None:
-            console.print(f"AUC − AUC_ref: {_fmt(report.auc_difference)}")
-        t = report.target
+        c = report.comparison
+        if c is not None:
+            t = c.tpr_difference
+            console.print(
+                f"against the references (paired): AUC − AUC_ref {_fmt(c.auc_difference)}, "
+                f"TPR@{c.fpr:.0%} − TPR_ref {t.value:+.1%} [{t.low:+.1%}, {t.high:+.1%}]"
+            )
         console.print(
-            f"legacy (papers): loss-attack AUC {t.loss_attack_auc:.3f}, "
-            f"LR attack accuracy {t.lr_attack_accuracy:.3f}"
+            f"legacy (papers): loss-attack AUC {report.target.loss_attack_auc:.3f}, "
+            f"LR attack accuracy {report.target.lr_attack_accuracy:.3f}"
         )
     v = report.verdict
     colour = {"PASS": "green", "FAIL-LEAK": "red", "FAIL-OVER": "red"}.get(v.status, "yellow")
