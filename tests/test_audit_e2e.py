@@ -122,11 +122,11 @@ def test_gradient_ascent_far_past_the_target_fails(
 
 
 @pytest.mark.slow
-def test_nabla_tau_output_reduces_the_signal(
+def test_default_method_output_reduces_the_signal(
     sample_ckpt: Path, sample_dir: Path, ref_cache: Path, tmp_path: Path
 ) -> None:
-    """∇τ must remove much of the original's membership signal (its verdict is reported in
-    the closing note; at K = 2 a PASS is out of reach by construction)."""
+    """The default method must remove much of the original's membership signal (its verdict is
+    reported in the closing note; at K = 2 a PASS is out of reach by construction)."""
     manifest = sample_dir / "forget_random10.txt"
     out = tmp_path / "nt.safetensors"
     apply(ApplyRequest(ckpt=sample_ckpt, manifest=manifest, out=out), precision=CPU)

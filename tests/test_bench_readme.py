@@ -38,12 +38,14 @@ def test_bench_quick(tmp_path: Path) -> None:
     result = run_bench(quick_config(tmp_path), precision=precision_for(resolve_device("cpu")))
     rows = {(r["setting"], r["method"]): r for r in result["summary"]}
     assert set(rows) == {
-        (s, m) for s in ("random:0.1", "class:Sandal") for m in ("retrain", "nabla-tau", "finetune")
+        (s, m)
+        for s in ("random:0.1", "class:Sandal")
+        for m in ("retrain", "proxy-distill", "finetune")
     }
     assert rows[("random:0.1", "retrain")]["gap"] == 0.0
     assert rows[("class:Sandal", "retrain")]["forget_acc"] < 0.01  # a retrained model never saw it
-    assert rows[("class:Sandal", "nabla-tau")]["forget_acc"] <= 0.05
-    assert 0 < rows[("random:0.1", "nabla-tau")]["time_ratio"] < 1
+    assert rows[("class:Sandal", "proxy-distill")]["forget_acc"] <= 0.05
+    assert 0 < rows[("random:0.1", "proxy-distill")]["time_ratio"] < 1
     for name in ("results.json", "results.md", "results.png"):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())

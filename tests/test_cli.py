@@ -105,7 +105,7 @@ EXPECTED = {
     "missing manifest": "does not exist",
     "unknown IDs": "1 IDs are not in the training split (first: 'no-such-id')",
     "held-out IDs": "held-out split",
-    "unknown method": "unknown method 'amnesia' (valid: nabla-tau",
+    "unknown method": "unknown method 'amnesia' (valid: proxy-distill",
     "unknown option": "unknown option 'learning_rate'",
     "bad option value": "lr='fast': expected a number",
     "option out of range": "lr must be > 0",

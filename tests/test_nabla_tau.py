@@ -2,8 +2,10 @@
 the paper's defaults that ``nabla-tau`` must survive.
 
 Per step: loss = α · mean_i ReLU(t_i − ℓ_i)^p / norm + (1 − α) · L_R, where the forget sample of
-rank r (of b, by current loss) gets the target t = q((r + ½)/b), a quantile of the losses of
-held-out data the model never saw (clipped to a cap); samples of a class removed whole get the cap.
+rank r (of n: the WHOLE forget set is ranked by its current loss, at the start and at every check)
+gets the target t = q((r + ½)/n), a quantile of the losses of held-out data the model never saw
+(clipped to a cap); samples of a class removed whole get the cap. (``quantile_targets`` takes any
+n; the method calls it on the whole forget set, not per batch.)
 """
 
 from __future__ import annotations
@@ -199,7 +201,10 @@ def test_overconfident_model_does_not_collapse(sample_dir: Path, tmp_path: Path)
     assert losses.mean() > 50 * np.median(losses) and losses.max() > 8  # heavy tail
     manifest = random_manifest(ckpt, tmp_path / "ids.txt")
     result = apply(
-        ApplyRequest(ckpt=ckpt, manifest=manifest, out=tmp_path / "u.safetensors"), precision=CPU
+        ApplyRequest(
+            ckpt=ckpt, manifest=manifest, out=tmp_path / "u.safetensors", method="nabla-tau"
+        ),
+        precision=CPU,
     )  # a GuardRailError here would be the collapse
     receipt = result.receipt
     assert receipt is not None
@@ -227,7 +232,10 @@ def test_well_generalising_model_still_moves_its_forget_set(
     assert report.train.accuracy - report.heldout.accuracy < 0.05  # it generalises
     manifest = random_manifest(ckpt, tmp_path / "ids.txt")
     result = apply(
-        ApplyRequest(ckpt=ckpt, manifest=manifest, out=tmp_path / "u.safetensors"), precision=CPU
+        ApplyRequest(
+            ckpt=ckpt, manifest=manifest, out=tmp_path / "u.safetensors", method="nabla-tau"
+        ),
+        precision=CPU,
     )
     receipt = result.receipt
     assert receipt is not None

@@ -358,7 +358,7 @@ def apply(
     ],
     method: Annotated[
         str, typer.Option("--method", "-m", help="Unlearning method (see `unforget methods`).")
-    ] = "nabla-tau",
+    ] = "proxy-distill",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -613,7 +613,7 @@ def methods(
 @app.command(
     epilog="Examples:\n\n  unforget bench --quick --out bench-quick/"
     "\n\n  unforget bench --data fashion-mnist --forget random:0.01,random:0.1,random:0.3,"
-    "class:Sandal --methods nabla-tau,retrain,finetune,scrub --seeds 3 --out bench/",
+    "class:Sandal --methods proxy-distill,retrain,finetune,scrub --seeds 3 --out bench/",
 )
 def bench(
     data: Annotated[
@@ -630,7 +630,7 @@ def bench(
     ] = ("random:0.01,random:0.1,random:0.3,class:Sandal"),
     methods: Annotated[
         str, typer.Option("--methods", help="Comma-separated methods (must include retrain).")
-    ] = ("nabla-tau,retrain,finetune,neggrad+,scrub"),
+    ] = ("proxy-distill,retrain,finetune,neggrad+,scrub"),
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per setting.")] = 1,
     epochs: Annotated[
         int, typer.Option("--epochs", help="Training epochs of the original and retrained models.")

@@ -11,7 +11,9 @@ from unforget.errors import InputError
 from unforget.methods.base import Method
 
 METHODS: dict[str, str] = {
+    "proxy-distill": "unforget.methods.proxy_distill",
     "nabla-tau": "unforget.methods.nabla_tau",
+    "nabla-tau-paper": "unforget.methods.nabla_tau_paper",
     "pgu": "unforget.methods.pgu",
     "ltu": "unforget.methods.ltu",
     "lur": "unforget.methods.lur",
@@ -25,7 +27,7 @@ METHODS: dict[str, str] = {
     "l1-sparse": "unforget.methods.l1_sparse",
     "ssd": "unforget.methods.ssd",
 }
-DEFAULT_METHOD = "nabla-tau"
+DEFAULT_METHOD = "proxy-distill"
 
 
 def available() -> list[str]:

@@ -48,7 +48,7 @@ class BenchConfig:
 
     data: str = "fashion-mnist"
     settings: tuple[str, ...] = ("random:0.01", "random:0.1", "random:0.3", "class:Sandal")
-    methods: tuple[str, ...] = ("nabla-tau", "retrain", "finetune", "neggrad+", "scrub")
+    methods: tuple[str, ...] = ("proxy-distill", "retrain", "finetune", "neggrad+", "scrub")
     seeds: int = 1
     out: Path = Path("bench")
     model: dict[str, Any] = field(
@@ -86,7 +86,7 @@ def quick_config(out: Path, *, data: str = "sample") -> BenchConfig:
     return BenchConfig(
         data=data,
         settings=("random:0.1", "class:Sandal"),
-        methods=("nabla-tau", "retrain", "finetune"),
+        methods=("proxy-distill", "retrain", "finetune"),
         seeds=1,
         out=out,
         model={"name": "mlp", "kwargs": {"hidden": [256]}},

@@ -48,7 +48,7 @@ RETAIN_SAMPLE = 2048
 class ApplyRequest:
     ckpt: Path
     manifest: Path
-    method: str = "nabla-tau"
+    method: str = "proxy-distill"
     options: dict[str, str] = dataclasses.field(default_factory=dict)
     out: Path | None = None
     seed: int = 0

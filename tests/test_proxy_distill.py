@@ -1,0 +1,231 @@
+"""proxy-distill (the default method) and nabla-tau-paper: target maths, options, and the sample.
+
+Targets: a forget sample whose proxy loss sits at quantile u of the proxy's losses on the
+reference split gets t = Q_orig(u), the original model's held-out loss at that quantile; its
+target distribution q keeps the proxy's shape over the other classes with q_y = e^(−t); the
+forget term is mean KL(q ‖ p_θ).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unforget.errors import GuardRailError
+from unforget.methods import DEFAULT_METHOD, get_method, make_config
+from unforget.methods.nabla_tau_paper import PaperConfig, paper_forget_epochs, paper_loss
+from unforget.methods.proxy_distill import (
+    ProxyDistillConfig,
+    _in_share,
+    distill_term,
+    quantile_map,
+    target_distribution,
+)
+from unforget.runtime.device import precision_for, resolve_device
+
+CPU = precision_for(resolve_device("cpu"))
+
+
+def t(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+# --- quantile re-levelling -----------------------------------------------------------------------
+
+
+def test_quantile_map_worked_example() -> None:
+    """Proxy losses on V: 1, 2, 3, 4; original's: 10, 20, 30, 40. A proxy loss of 2 has 2 of 4
+    source values at or below it: u = 0.5, position 0.5·3 = 1.5 → 25 (between 20 and 30)."""
+    out = quantile_map(t(2.0), t(1, 2, 3, 4), t(10, 20, 30, 40))
+    assert out.item() == pytest.approx(25.0)
+
+
+def test_quantile_map_clamps_to_the_target_range() -> None:
+    """Below every source value u is clamped to ½/n, above every one to 1 − ½/n."""
+    out = quantile_map(t(-5.0, 99.0), t(1, 2, 3, 4), t(10, 20, 30, 40))
+    assert 10.0 <= out[0].item() < 20.0 and 30.0 < out[1].item() <= 40.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(0, 20), min_size=2, max_size=30),
+    st.lists(st.floats(0, 20), min_size=2, max_size=30),
+)
+def test_quantile_map_is_monotone_and_inside_the_target(
+    values: list[float], ref: list[float]
+) -> None:
+    source = torch.tensor(sorted(ref), dtype=torch.float64)
+    target = source * 3 + 1
+    x = torch.tensor(sorted(values), dtype=torch.float64)
+    y = quantile_map(x, source, target)
+    assert bool((y[1:] >= y[:-1] - 1e-12).all())
+    assert y.min() >= target.min() - 1e-9 and y.max() <= target.max() + 1e-9
+
+
+# --- target distribution and forget term ---------------------------------------------------------
+
+
+def test_target_distribution_sets_the_true_class_and_keeps_the_shape() -> None:
+    """Proxy (0.5, 0.3, 0.2) with label 0 and t = ln 2: q_0 = ½, the other ½ split 3:2."""
+    q = target_distribution(t(0.5, 0.3, 0.2)[None], torch.tensor([0]), t(math.log(2)))
+    assert q[0].tolist() == pytest.approx([0.5, 0.3, 0.2])
+    q = target_distribution(t(0.9, 0.06, 0.04)[None], torch.tensor([0]), t(math.log(4)))
+    assert q[0].tolist() == pytest.approx([0.25, 0.45, 0.30])
+
+
+def test_target_distribution_with_all_mass_on_the_true_class_spreads_the_rest() -> None:
+    q = target_distribution(t(1.0, 0.0, 0.0)[None], torch.tensor([0]), t(math.log(2)))
+    assert q[0].tolist() == pytest.approx([0.5, 0.25, 0.25])
+
+
+def test_distill_term_is_zero_at_the_target_and_two_sided() -> None:
+    """KL(q ‖ p) = 0 when p = q; a prediction above OR below q's true-class level costs."""
+    q = target_distribution(t(0.5, 0.3, 0.2)[None], torch.tensor([0]), t(math.log(2))).float()
+    assert distill_term(torch.log(q), q).item() == pytest.approx(0.0, abs=1e-6)
+    for p_true in (0.9, 0.1):
+        rest = (1 - p_true) / 2
+        logits = torch.log(torch.tensor([[p_true, rest, rest]]))
+        assert distill_term(logits, q).item() > 0.01
+        logits.requires_grad_(True)
+        distill_term(logits, q).backward()
+        grad = logits.grad[0, 0].item()  # type: ignore[index]
+        assert (grad > 0) == (p_true > 0.5)  # descent lowers a too-high p_y, raises a too-low one
+
+
+def test_proxy_share_is_deterministic_and_about_the_share() -> None:
+    rows = torch.arange(20_000)
+    keep = _in_share(rows, 0.5, seed=0)
+    assert torch.equal(keep, _in_share(rows, 0.5, seed=0))
+    assert 0.47 < float(keep.float().mean()) < 0.53
+    assert not torch.equal(keep, _in_share(rows, 0.5, seed=1))
+
+
+# --- options -------------------------------------------------------------------------------------
+
+
+def test_default_method_is_proxy_distill_with_valid_defaults() -> None:
+    assert DEFAULT_METHOD == "proxy-distill"
+    method = get_method(DEFAULT_METHOD)
+    assert isinstance(make_config(method, {}), ProxyDistillConfig)
+    assert set(method.info.needs) == {"forget", "retain", "reference"}
+
+
+def test_config_problems_are_reported_together() -> None:
+    with pytest.raises(ValueError) as err:
+        ProxyDistillConfig(proxy_share=0, alpha=1.5, lr=-1)
+    assert "proxy_share" in str(err.value) and "alpha" in str(err.value)
+    assert "lr" in str(err.value)
+
+
+# --- nabla-tau-paper ------------------------------------------------------------------------------
+
+
+def test_paper_defaults_are_the_authors() -> None:
+    c = PaperConfig()
+    assert (c.lr, c.weight_decay, c.lr_end, c.alpha0, c.max_forget_epochs, c.tau_every) == (
+        1e-3,
+        0.01,
+        0.1,
+        None,
+        80,
+        5,
+    )
+    assert get_method("nabla-tau-paper").info.name == "nabla-tau-paper"
+
+
+def test_paper_length_and_loss_worked_example() -> None:
+    """E = ⌊6·85/(2·10)⌋ = 25; 300 R-batches / 1 F-batch gives 900, capped at 80. Loss with
+    τ = 2, L_F = 1.5, L_R = 0.4, α = 0.25: 0.25·0.5² + 0.75·0.4 = 0.3625; L_F above τ: ReLU → 0."""
+    assert paper_forget_epochs(85, 10, cap=80) == 25
+    assert paper_forget_epochs(300, 1, cap=80) == 80
+    loss = paper_loss(torch.tensor(1.5), torch.tensor(0.4), tau=2.0, alpha=0.25)
+    assert loss.item() == pytest.approx(0.3625)
+    loss = paper_loss(torch.tensor(2.5), torch.tensor(0.4), tau=2.0, alpha=0.25)
+    assert loss.item() == pytest.approx(0.3)
+
+
+# --- contract on the tiny checkpoint (the shared apply pipeline) ----------------------------------
+
+
+@pytest.mark.parametrize("method", ["proxy-distill", "nabla-tau-paper"])
+def test_contract_class_removal(
+    method: str, tiny_ckpt: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    """Both new methods through ``apply`` on a whole-class request: a finite, changed checkpoint
+    that names itself and its options; the class loses at least 10 points of forget accuracy
+    while held-out accuracy on the other classes stays within 8 points (the baselines' contract).
+    The default takes the removed class's targets from the proxy, which never saw the class."""
+    import json
+
+    from unforget.config.options import as_plain
+    from unforget.workflows.unlearn import ApplyRequest, apply
+
+    result = apply(
+        ApplyRequest(
+            ckpt=tiny_ckpt,
+            manifest=sample_dir / "forget_class_sandal.txt",
+            method=method,
+            out=tmp_path / "u.safetensors",
+        ),
+        precision=CPU,
+    )
+    assert result.receipt is not None
+    receipt = result.receipt.as_dict()
+    assert receipt["method"] == method and receipt["stop_reason"]
+    assert receipt["options"] == as_plain(make_config(get_method(method), {}))
+    json.dumps(receipt["method_details"])
+    before, after = receipt["metrics"]["before"], receipt["metrics"]["after"]
+    assert after["forget"]["accuracy"] < before["forget"]["accuracy"] - 0.10
+    other = "heldout_other_classes"
+    assert after[other]["accuracy"] >= before[other]["accuracy"] - 0.08
+    if method == "proxy-distill":
+        assert receipt["method_details"]["targets"]["forget_rows_of_removed_classes"] == 600
+
+
+# --- the sample (slow) ----------------------------------------------------------------------------
+
+
+def _random_manifest(ckpt: Path, path: Path, fraction: float, seed: int) -> Path:
+    from unforget.workflows.workspace import open_workspace
+
+    ids = open_workspace(ckpt).train.ids
+    rows = np.random.default_rng(seed).choice(len(ids), int(fraction * len(ids)), replace=False)
+    path.write_text("\n".join(ids[r] for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_default_forgets_the_sample_to_heldout_level(
+    sample_ckpt: Path, tmp_path: Path, fraction: float
+) -> None:
+    """Random 10 % and 30 % of the sample, no GuardRailError. At 10 % forget accuracy ends within 3
+    points of held-out accuracy (exact retrains: 0.83-0.85 vs 0.857); at 30 % within 5 points
+    (measured 0.885 vs 0.847 with one manifest; a retrain gives 0.852: the loop does not fully
+    reach its targets within its budget there). Held-out accuracy is kept within 1.5 points."""
+    from unforget.workflows.unlearn import ApplyRequest, apply
+
+    manifest = _random_manifest(sample_ckpt, tmp_path / "ids.txt", fraction, seed=3)
+    try:
+        result = apply(
+            ApplyRequest(ckpt=sample_ckpt, manifest=manifest, out=tmp_path / "u.safetensors"),
+            precision=CPU,
+        )
+    except GuardRailError as exc:  # pragma: no cover - the failure this test guards against
+        pytest.fail(f"GuardRailError at {fraction:.0%}: {exc}")
+    receipt = result.receipt
+    assert receipt is not None and receipt.provenance.method == "proxy-distill"
+    before, after = receipt.before, receipt.after
+    assert before.forget.accuracy > before.heldout.accuracy + 0.08  # there was something to forget
+    tolerance = 0.03 if fraction < 0.2 else 0.05
+    assert abs(after.forget.accuracy - after.heldout.accuracy) <= tolerance
+    assert before.heldout.accuracy - after.heldout.accuracy <= 0.015
+    details = receipt.method_details
+    assert details["proxy"]["steps"] > 0 and receipt.stop_reason
+    assert 0 < receipt.steps <= details["planned_steps"]
