@@ -24,7 +24,8 @@ from unforget.config.spec import merge_spec
 from unforget.data.loaders import make_loader, source
 from unforget.errors import InputError
 from unforget.methods import get_method, make_config
-from unforget.methods.nabla_tau import Config, assign_targets, forget_term, quantile_targets
+from unforget.methods.nabla_tau import NablaTauConfig as Config
+from unforget.methods.nabla_tau import assign_targets, forget_term, quantile_targets
 from unforget.runtime.device import precision_for, resolve_device
 from unforget.training.evaluate import predict
 from unforget.workflows.train import train_checkpoint

@@ -714,7 +714,7 @@ def run(argv: list[str] | None = None) -> int:
     return int(result) if isinstance(result, int) else 0
 
 
-def _click_exception_types() -> tuple[tuple[type, ...], ...]:
+def _click_exception_types() -> tuple[tuple[type[BaseException], ...], ...]:
     """Exit/abort/usage/other exception classes of click AND of the copy Typer >= 0.2x vendors.
 
     Derived from Typer's public exception classes (``typer.Exit``, ``typer.Abort``,

@@ -73,7 +73,7 @@ from unforget.training.evaluate import predict
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class NablaTauConfig:
     """Options of ``nabla-tau``; every default is derived from the data, none needs tuning."""
 
     lr: float = field(
@@ -245,10 +245,10 @@ class NablaTau:
         paper="Trippa et al., ∇τ: Gradient-based and Task-Agnostic machine Unlearning, "
         "arXiv 2403.14339 (2024)",
     )
-    Config: ClassVar[type] = Config
+    Config: ClassVar[type] = NablaTauConfig
 
-    def run(self, task: UnlearnTask, config: Config) -> Outcome:
-        if task.reference is None or len(task.reference.dataset) < 10:
+    def run(self, task: UnlearnTask, config: NablaTauConfig) -> Outcome:
+        if task.reference is None or len(task.reference.dataset) < 10:  # type: ignore[arg-type]
             raise InputError(
                 "nabla-tau needs at least 10 held-out reference rows "
                 "(data.reference_fraction of the held-out split)"
@@ -338,7 +338,7 @@ class NablaTau:
             },
         )
 
-    def _start(self, task: UnlearnTask, config: Config, cap: float) -> _State:
+    def _start(self, task: UnlearnTask, config: NablaTauConfig, cap: float) -> _State:
         device = task.precision.device
         removed = torch.zeros(task.spec.num_classes or 2, dtype=torch.bool, device=device)
         removed[list(task.removed_classes)] = True
@@ -432,7 +432,7 @@ class NablaTau:
     def _evaluate(
         self,
         task: UnlearnTask,
-        config: Config,
+        config: NablaTauConfig,
         state: _State,
         step: int,
         optimizer: torch.optim.Optimizer,

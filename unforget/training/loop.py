@@ -194,5 +194,5 @@ def prepare_model(model: nn.Module, precision: Precision) -> nn.Module:
     """Move to the device; convnets use ``channels_last`` on CUDA (faster tensor-core kernels)."""
     model = model.to(precision.device)
     if precision.device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model

@@ -210,7 +210,7 @@ def _setting_runs(
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "forget.txt"
     manifest.write_text("\n".join(manifest_ids(ws, setting, seed=seed)) + "\n")
-    outputs: dict[str, tuple[Path, Any]] = {}
+    outputs: dict[str, tuple[Path, Any, float]] = {}
     failures: dict[str, str] = {}
     for method in ["retrain", *[m for m in config.methods if m != "retrain"]]:
         _reset_peak(precision)

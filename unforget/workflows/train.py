@@ -6,6 +6,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -153,7 +154,7 @@ def train_checkpoint(
         "train_accuracy": round(scores[0].accuracy, 6),
         "heldout_accuracy": round(scores[1].accuracy, 6),
     }
-    meta = {KEY_SPEC: stored.to_json(), KEY_PROVENANCE: provenance, **extra_meta}
+    meta: dict[str, Any] = {KEY_SPEC: stored.to_json(), KEY_PROVENANCE: provenance, **extra_meta}
     if ledger:
         meta[KEY_LEDGER] = entries_to_json(ledger)
     writer = distributed.is_writer()  # under torchrun only rank 0 writes

@@ -370,7 +370,7 @@ def _write(
     spec = relativise_data_path(
         ws.spec, base=out.resolve() if ws.model_dir else out.resolve().parent
     )
-    metadata = {
+    metadata: dict[str, Any] = {
         k: v
         for k, v in ws.checkpoint.metadata.items()
         if k.startswith("unforget.") and k not in {ckpt_io.KEY_ALIASES, "unforget.format"}
