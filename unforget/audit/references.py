@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from unforget import cache
 from unforget import checkpoint as ckpt_io
 from unforget.context import Workspace
 from unforget.device import Precision
@@ -30,11 +30,10 @@ CHOICES = (8, 4, 2)
 
 
 def default_cache_dir() -> Path:
-    """``$UNFORGET_CACHE`` or ``$XDG_CACHE_HOME/unforget`` (``~/.cache/unforget``)."""
-    root = os.environ.get("UNFORGET_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "unforget"
-    )
-    return Path(root) / "references"
+    """``<cache root>/references`` (see :mod:`unforget.cache`)."""
+    from unforget.cache import references_dir
+
+    return references_dir()
 
 
 def retain_hash(ws: Workspace, retain: np.ndarray) -> str:
@@ -167,7 +166,8 @@ def ensure(
                 "retain_sha256": sha,
                 "seed": ref_seed,
                 "spec": json.loads(ws.spec.to_json()),
-            }
+            },
+            cache.KEY_TRAINED_ON: cache.trained_on(ws.fingerprint, len(ws.train), retain),
         }
         ckpt_io.save_checkpoint(path, ckpt_io.state_dict_cpu(model), metadata=meta, force=True)
         if on_trained:
