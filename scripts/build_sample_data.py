@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from unforget import fmnist  # noqa: E402
+from unforget.data import fmnist  # noqa: E402
 
 TRAIN_PER_CLASS = 600  # 6,000 training rows
 TEST_PER_CLASS = 400  # 4,000 held-out rows: 1,000 for methods to read, 3,000 audit evidence

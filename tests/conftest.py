@@ -37,9 +37,9 @@ def sample_ckpt() -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MLP trained for a few epochs on the sample data (fast to retrain in tests)."""
-    from unforget.device import precision_for, resolve_device
-    from unforget.spec import merge_spec
-    from unforget.training_run import train_checkpoint
+    from unforget.config.spec import merge_spec
+    from unforget.runtime.device import precision_for, resolve_device
+    from unforget.workflows.train import train_checkpoint
 
     out = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
     spec = merge_spec(

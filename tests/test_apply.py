@@ -23,22 +23,16 @@ import pytest
 import torch
 
 from unforget import cli
-from unforget.checkpoint import (
-    KEY_LEDGER,
-    KEY_PROVENANCE,
-    KEY_SPEC,
-    load_checkpoint,
-    load_into,
-)
-from unforget.context import open_workspace
-from unforget.device import precision_for, resolve_device
-from unforget.fileio import sha256_file
-from unforget.ledger import covered, entries_from_json
-from unforget.manifest import read_manifest
+from unforget.config.options import as_plain
+from unforget.io.checkpoint import KEY_LEDGER, KEY_PROVENANCE, KEY_SPEC, load_checkpoint, load_into
+from unforget.io.fileio import sha256_file
+from unforget.io.ledger import covered, entries_from_json
+from unforget.io.manifest import read_manifest
 from unforget.methods import nabla_tau
 from unforget.models import build_model
-from unforget.options import as_plain
-from unforget.unlearn import ApplyRequest, ApplyResult, apply, default_out, receipt_path
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.workflows.unlearn import ApplyRequest, ApplyResult, apply, default_out, receipt_path
+from unforget.workflows.workspace import open_workspace
 
 CPU = precision_for(resolve_device("cpu"))
 

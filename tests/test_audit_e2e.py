@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from unforget.audit.pipeline import AuditRequest, run_audit
-from unforget.audit.report import to_json, write_csv
-from unforget.device import precision_for, resolve_device
 from unforget.methods.base import GuardConfig
-from unforget.unlearn import ApplyRequest, apply
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.workflows.audit import AuditRequest, run_audit
+from unforget.workflows.audit_output import to_json, write_csv
+from unforget.workflows.unlearn import ApplyRequest, apply
 
 CPU = precision_for(resolve_device("cpu"))
 
@@ -73,10 +73,10 @@ def test_original_model_leaks(
 def test_retrained_model_does_not_fail(
     sample_ckpt: Path, sample_dir: Path, ref_cache: Path, tmp_path: Path
 ) -> None:
-    from unforget.checkpoint import load_checkpoint
-    from unforget.context import resolve_spec
-    from unforget.manifest import read_manifest
-    from unforget.training_run import train_checkpoint
+    from unforget.io.checkpoint import load_checkpoint
+    from unforget.io.manifest import read_manifest
+    from unforget.workflows.train import train_checkpoint
+    from unforget.workflows.workspace import resolve_spec
 
     manifest = sample_dir / "forget_random10.txt"
     spec, _ = resolve_spec(load_checkpoint(sample_ckpt), config=None, flags={"recipe.seed": "77"})
@@ -153,8 +153,8 @@ def test_positive_control_found_from_the_receipt(
 ) -> None:
     """The receipt names its input relative to where apply ran; the audit still finds it (and
     only when the hash matches)."""
-    from unforget.audit.pipeline import _original_from_receipt
-    from unforget.fileio import sha256_file
+    from unforget.io.fileio import sha256_file
+    from unforget.workflows.audit import _original_from_receipt
 
     (tmp_path / "in").mkdir()
     (tmp_path / "out").mkdir()

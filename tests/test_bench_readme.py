@@ -32,8 +32,8 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 @pytest.mark.slow
 def test_bench_quick(tmp_path: Path) -> None:
-    from unforget.bench import quick_config, run_bench
-    from unforget.device import precision_for, resolve_device
+    from unforget.runtime.device import precision_for, resolve_device
+    from unforget.workflows.bench import quick_config, run_bench
 
     result = run_bench(quick_config(tmp_path), precision=precision_for(resolve_device("cpu")))
     rows = {(r["setting"], r["method"]): r for r in result["summary"]}

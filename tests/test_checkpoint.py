@@ -10,10 +10,10 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from unforget import checkpoint as ckpt_io
-from unforget import fileio
-from unforget.checkpoint import load_checkpoint, load_into, save_checkpoint, state_dict_cpu
 from unforget.errors import EXIT_BAD_INPUT, CheckpointError, OutputExistsError
+from unforget.io import checkpoint as ckpt_io
+from unforget.io import fileio
+from unforget.io.checkpoint import load_checkpoint, load_into, save_checkpoint, state_dict_cpu
 
 
 class TiedLM(nn.Module):

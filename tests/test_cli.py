@@ -14,8 +14,8 @@ import torch
 
 from unforget import cli
 from unforget.errors import EXIT_BAD_INPUT, EXIT_FAILURE
-from unforget.fileio import sha256_file
-from unforget.manifest import read_manifest
+from unforget.io.fileio import sha256_file
+from unforget.io.manifest import read_manifest
 from unforget.methods import available
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,7 +187,7 @@ def test_unexpected_errors_are_exit_1_with_one_line_and_a_hint(
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr("unforget.summary.summarise", boom)
+    monkeypatch.setattr("unforget.workflows.inspect.summarise", boom)
     code, out, err = run(["inspect", tiny_ckpt], capsys)
     assert code == EXIT_FAILURE and out == ""
     assert_one_line_error(err)

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from unforget.context import open_workspace
-from unforget.data import (
+from unforget.config.spec import DataSpec
+from unforget.data.loaders import make_loader, source, to_device
+from unforget.data.splits import (
     detect_format,
     fingerprint,
     fingerprint_matches,
@@ -24,8 +25,7 @@ from unforget.data import (
     reference_mask,
 )
 from unforget.errors import DataError
-from unforget.loaders import make_loader, source, to_device
-from unforget.spec import DataSpec
+from unforget.workflows.workspace import open_workspace
 
 CPU = torch.device("cpu")
 FEATURES = ("f0", "f1", "f2", "f3")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unforget import fmnist
+from unforget.data import fmnist
 from unforget.errors import DataError
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unforget.data import load_split
+from unforget.config.spec import DataSpec
+from unforget.data.splits import load_split
 from unforget.errors import EXIT_BAD_INPUT, ManifestError
-from unforget.manifest import canonical_ids, read_manifest, resolve_rows
-from unforget.spec import DataSpec
+from unforget.io.manifest import canonical_ids, read_manifest, resolve_rows
 
 TRAIN = {f"t{i}": i for i in range(20)}
 HELDOUT = {f"h{i}": i for i in range(10)}

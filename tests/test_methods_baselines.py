@@ -30,12 +30,12 @@ import pytest
 import torch
 from torch import nn
 
-from unforget import checkpoint as ckpt_io
-from unforget.context import open_workspace
-from unforget.device import precision_for, resolve_device
+from unforget.config.options import as_plain, describe
+from unforget.config.spec import RunSpec
+from unforget.data.loaders import Batch, make_loader, source
 from unforget.errors import InputError
-from unforget.loaders import Batch, make_loader, source
-from unforget.manifest import read_manifest
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.manifest import read_manifest
 from unforget.methods import get_method, make_config
 from unforget.methods.base import Loader, UnlearnTask
 from unforget.methods.random_label import random_wrong_labels
@@ -48,9 +48,9 @@ from unforget.methods.ssd import (
     squared_gradient_sum,
 )
 from unforget.models import build_model
-from unforget.options import as_plain, describe
-from unforget.spec import RunSpec
-from unforget.unlearn import EVAL_BATCH, ApplyRequest, ApplyResult, apply
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.workflows.unlearn import EVAL_BATCH, ApplyRequest, ApplyResult, apply
+from unforget.workflows.workspace import open_workspace
 
 BASELINES = (
     "retrain",

@@ -23,12 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from unforget import checkpoint as ckpt_io
-from unforget.context import Workspace, open_workspace
-from unforget.device import precision_for, resolve_device
+from unforget.config.options import as_plain
+from unforget.data.loaders import make_loader, source
 from unforget.errors import CheckpointError, InputError, OutputExistsError
-from unforget.loaders import make_loader, source
-from unforget.manifest import read_manifest
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.manifest import read_manifest
 from unforget.methods import get_method, make_config
 from unforget.methods import pgu_stats as stats_io
 from unforget.methods.base import Loader, UnlearnTask
@@ -41,8 +40,9 @@ from unforget.methods.pgu import (
     sidecar_update,
 )
 from unforget.models import build_model
-from unforget.options import as_plain
-from unforget.unlearn import ApplyRequest, ApplyResult, apply
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.workflows.unlearn import ApplyRequest, ApplyResult, apply
+from unforget.workflows.workspace import Workspace, open_workspace
 
 SEED_METHODS = ("pgu", "ltu", "lur")
 TOLERANCE = 0.03  # absolute accuracy: retain sample and held-out may fall at most 3 points

@@ -18,16 +18,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unforget.context import open_workspace
-from unforget.device import precision_for, resolve_device
+from unforget.config.spec import merge_spec
+from unforget.data.loaders import make_loader, source
 from unforget.errors import InputError
-from unforget.evaluate import predict
-from unforget.loaders import make_loader, source
 from unforget.methods import get_method, make_config
 from unforget.methods.nabla_tau import Config, assign_targets, forget_term, quantile_targets
-from unforget.spec import merge_spec
-from unforget.training_run import train_checkpoint
-from unforget.unlearn import ApplyRequest, apply
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.training.evaluate import predict
+from unforget.workflows.train import train_checkpoint
+from unforget.workflows.unlearn import ApplyRequest, apply
+from unforget.workflows.workspace import open_workspace
 
 CPU = precision_for(resolve_device("cpu"))
 

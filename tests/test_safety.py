@@ -18,25 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from unforget import cli
-from unforget.cache import (
-    KEY_TRAINED_ON,
-    Deleted,
-    deleted_rows,
-    prune,
-    references_dir,
-    trained_on,
-)
-from unforget.checkpoint import (
-    KEY_LEDGER,
-    KEY_PROVENANCE,
-    KEY_SPEC,
-    load_checkpoint,
-    read_metadata,
-    save_checkpoint,
-)
-from unforget.context import open_workspace
-from unforget.data import load_split
-from unforget.device import precision_for, resolve_device
+from unforget.config.spec import DataSpec
+from unforget.data.splits import load_split
 from unforget.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
@@ -44,8 +27,23 @@ from unforget.errors import (
     ManifestError,
     OutputBusyError,
 )
-from unforget.fileio import atomic_write, lock_path, sha256_file
-from unforget.ledger import (
+from unforget.io.cache import (
+    KEY_TRAINED_ON,
+    Deleted,
+    prune,
+    references_dir,
+    trained_on,
+)
+from unforget.io.checkpoint import (
+    KEY_LEDGER,
+    KEY_PROVENANCE,
+    KEY_SPEC,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
+from unforget.io.fileio import atomic_write, lock_path, sha256_file
+from unforget.io.ledger import (
     SCHEME_HMAC,
     LedgerKeyError,
     covered,
@@ -58,10 +56,11 @@ from unforget.ledger import (
     new_entry,
     using_key_file,
 )
-from unforget.manifest import read_manifest
-from unforget.progress import PlainProgress, Tick
-from unforget.spec import DataSpec
-from unforget.unlearn import ApplyRequest, apply, receipt_path
+from unforget.io.manifest import read_manifest
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.runtime.progress import PlainProgress, Tick
+from unforget.workflows.unlearn import ApplyRequest, apply, receipt_path
+from unforget.workflows.workspace import deleted_rows, open_workspace
 
 CPU = precision_for(resolve_device("cpu"))
 
@@ -352,14 +351,14 @@ def test_out_naming_a_directory_exits_2_before_any_work(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import unforget.training_run
-    import unforget.unlearn
+    import unforget.workflows.train
+    import unforget.workflows.unlearn
 
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("work started before the paths were checked")
 
-    monkeypatch.setattr(unforget.unlearn, "_run", no_work)
-    monkeypatch.setattr(unforget.training_run, "fit", no_work)
+    monkeypatch.setattr(unforget.workflows.unlearn, "_run", no_work)
+    monkeypatch.setattr(unforget.workflows.train, "fit", no_work)
     (tmp_path / "dir").mkdir()
     if command == "apply":
         argv = ["apply", "--ckpt", ckpt, "--forget", sample_dir / "forget_random10.txt"]
@@ -435,12 +434,12 @@ def test_orphan_checkpoint_without_receipt_is_replaced_by_a_rerun(
 def test_ctrl_c_is_one_line_and_exit_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    import unforget.unlearn
+    import unforget.workflows.unlearn
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(unforget.unlearn, "apply", interrupted)
+    monkeypatch.setattr(unforget.workflows.unlearn, "apply", interrupted)
     code, _, err = run(["apply", "--ckpt", "x", "--forget", "y", "--out", tmp_path / "o"], capsys)
     assert code == 130
     assert "interrupted" in one_line(err)
@@ -591,7 +590,9 @@ def test_plain_progress_prints_one_line_per_interval() -> None:
         progress(Tick(task="train", completed=step, total=100, fields={"loss": 0.5}))
     assert len(lines) == 3  # at 30, 60 and 90 s
     assert lines[0].startswith("unforget: train: 30/100  loss 0.5") and lines[0].endswith("\n")
-    with cli._progress(True) as tick:  # pytest's stderr is not a terminal
+    from unforget.cli.app import _progress
+
+    with _progress(True) as tick:  # pytest's stderr is not a terminal
         assert isinstance(tick, PlainProgress)
 
 

@@ -11,12 +11,7 @@ import pytest
 import torch
 
 from unforget import cli
-from unforget.checkpoint import KEY_SPEC, load_checkpoint, save_checkpoint
-from unforget.context import open_workspace, resolve_spec, spec_from_checkpoint
-from unforget.device import precision_for, resolve_device
-from unforget.errors import EXIT_BAD_INPUT, SpecError
-from unforget.models import build_model
-from unforget.spec import (
+from unforget.config.spec import (
     DataSpec,
     Recipe,
     RunSpec,
@@ -25,7 +20,12 @@ from unforget.spec import (
     spec_layer_from_json,
     spec_layer_from_toml,
 )
-from unforget.training_run import train_checkpoint
+from unforget.errors import EXIT_BAD_INPUT, SpecError
+from unforget.io.checkpoint import KEY_SPEC, load_checkpoint, save_checkpoint
+from unforget.models import build_model
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.workflows.train import train_checkpoint
+from unforget.workflows.workspace import open_workspace, resolve_spec, spec_from_checkpoint
 
 CPU = precision_for(resolve_device("cpu"))
 

@@ -24,16 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from unforget.checkpoint import KEY_PROVENANCE, KEY_SPEC, KEY_TOKENIZER, load_checkpoint
-from unforget.context import open_workspace
-from unforget.data import load_split
-from unforget.device import precision_for, resolve_device
-from unforget.errors import CheckpointError, SpecError
-from unforget.evaluate import predict, score
-from unforget.loaders import make_loader, source
-from unforget.models import text as text_model
-from unforget.spec import DataSpec, ModelSpec, RunSpec, merge_spec
-from unforget.text import (
+from unforget.config.spec import DataSpec, ModelSpec, RunSpec, merge_spec
+from unforget.data.loaders import make_loader, source
+from unforget.data.splits import load_split
+from unforget.data.text import (
     TextEncoder,
     encoder_from_json,
     fit_tokenizer,
@@ -41,7 +35,13 @@ from unforget.text import (
     make_encoder,
     training_encoder,
 )
-from unforget.training_run import train_checkpoint
+from unforget.errors import CheckpointError, SpecError
+from unforget.io.checkpoint import KEY_PROVENANCE, KEY_SPEC, KEY_TOKENIZER, load_checkpoint
+from unforget.models import text as text_model
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.training.evaluate import predict, score
+from unforget.workflows.train import train_checkpoint
+from unforget.workflows.workspace import open_workspace
 
 CPU = precision_for(resolve_device("cpu"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,8 +170,8 @@ def test_vocabulary_is_the_same_in_every_process(tmp_path: Path) -> None:
     ours must not depend on the process, e.g. on Python's string-hash seed."""
     data = write_tiny_text(tmp_path / "data")
     code = (
-        "import sys; from unforget.data import load_split; from unforget.spec import "
-        "DataSpec; from unforget.text import fit_tokenizer; "
+        "import sys; from unforget.data.splits import load_split; from unforget.config.spec import "
+        "DataSpec; from unforget.data.text import fit_tokenizer; "
         f"s = load_split(DataSpec(path={str(data)!r}, input_columns=('text',)), 'train'); "
         "sys.stdout.write(fit_tokenizer(s, 'text', vocab_size=150, max_length=8).to_json())"
     )
@@ -328,7 +328,7 @@ def test_tokenizer_round_trips_through_checkpoint_metadata(tiny_text_ckpt: Path)
 def test_text_checkpoint_without_tokenizer_is_a_clear_error(
     tiny_text_ckpt: Path, tmp_path: Path
 ) -> None:
-    from unforget.checkpoint import save_checkpoint
+    from unforget.io.checkpoint import save_checkpoint
 
     checkpoint = load_checkpoint(tiny_text_ckpt)
     stripped = tmp_path / "no-tokenizer.safetensors"
@@ -384,7 +384,7 @@ def test_nabla_tau_forgets_a_random_tenth_of_the_text_sample(tmp_path: Path) -> 
     """After ∇τ the forgotten snippets look like held-out ones (accuracy within 3 points of
     held-out) while held-out accuracy drops by at most 2 points."""
     pytest.importorskip("unforget.methods.nabla_tau")
-    from unforget.unlearn import ApplyRequest, apply
+    from unforget.workflows.unlearn import ApplyRequest, apply
 
     request = ApplyRequest(
         ckpt=TEXT_SAMPLE / "model.safetensors",
@@ -418,7 +418,7 @@ def test_hf_model_directory_problems_are_spec_errors(tmp_path: Path) -> None:
 
 
 def test_hf_export_refuses_other_checkpoints(tiny_text_ckpt: Path, tmp_path: Path) -> None:
-    from unforget.hf_dir import export_model_dir
+    from unforget.workflows.export_hf import export_model_dir
 
     with pytest.raises(CheckpointError, match="sequence_classifier"):
         export_model_dir(tiny_text_ckpt, tmp_path / "exported")
@@ -454,7 +454,7 @@ def test_hf_sequence_classifier_trains_and_exports_a_loadable_directory(tmp_path
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from unforget.hf_dir import export_model_dir
+    from unforget.workflows.export_hf import export_model_dir
 
     export = export_model_dir(ckpt, tmp_path / "exported")
     assert {"config.json", "model.safetensors", "tokenizer.json", "unforget.json"} <= set(

@@ -11,19 +11,19 @@ import pytest
 import torch
 from torch import nn
 
-from unforget.checkpoint import KEY_LEDGER, KEY_PROVENANCE, KEY_SPEC, load_checkpoint, load_into
-from unforget.context import open_workspace
-from unforget.data import fingerprint, input_info, load_split
-from unforget.device import precision_for, resolve_device
+from unforget.config.spec import Recipe, RunSpec, merge_spec
+from unforget.data.loaders import make_loader, source
+from unforget.data.splits import fingerprint, input_info, load_split
 from unforget.errors import GuardRailError, OutputExistsError
-from unforget.evaluate import predict, score
-from unforget.ledger import covered, entries_from_json
-from unforget.loaders import make_loader, source
-from unforget.manifest import read_manifest
+from unforget.io.checkpoint import KEY_LEDGER, KEY_PROVENANCE, KEY_SPEC, load_checkpoint, load_into
+from unforget.io.ledger import covered, entries_from_json
+from unforget.io.manifest import read_manifest
 from unforget.models import build_model
-from unforget.spec import Recipe, RunSpec, merge_spec
-from unforget.train import augment, fit, lr_factor, train_loop
-from unforget.training_run import train_checkpoint
+from unforget.runtime.device import precision_for, resolve_device
+from unforget.training.evaluate import predict, score
+from unforget.training.loop import augment, fit, lr_factor, train_loop
+from unforget.workflows.train import train_checkpoint
+from unforget.workflows.workspace import open_workspace
 
 CPU = precision_for(resolve_device("cpu"))
 
@@ -103,7 +103,7 @@ def test_train_refuses_an_existing_output_before_training(
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("training started although the output exists")
 
-    monkeypatch.setattr("unforget.training_run.fit", no_training)
+    monkeypatch.setattr("unforget.workflows.train.fit", no_training)
     with pytest.raises(OutputExistsError):
         train_checkpoint(small_spec(sample_dir), out=out, precision=CPU)
     assert out.read_bytes() == b"precious"
@@ -113,7 +113,7 @@ def test_exact_retraining_leaves_out_the_manifest_and_records_it(
     sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``train --exclude ids.txt`` never sees those rows and writes them into the ledger."""
-    import unforget.training_run as training_run
+    import unforget.workflows.train as training_run
 
     manifest_path = tmp_path / "ids.txt"
     ids = read_manifest(sample_dir / "forget_random10.txt").ids[:50]

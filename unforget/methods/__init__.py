@@ -6,9 +6,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from unforget.config.options import build
 from unforget.errors import InputError
 from unforget.methods.base import Method
-from unforget.options import build
 
 METHODS: dict[str, str] = {
     "nabla-tau": "unforget.methods.nabla_tau",

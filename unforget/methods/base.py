@@ -16,9 +16,9 @@ from typing import Any, ClassVar, Literal, Protocol
 import torch
 from torch import nn
 
-from unforget.device import Precision
-from unforget.progress import ProgressFn, silent
-from unforget.spec import RunSpec
+from unforget.config.spec import RunSpec
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import ProgressFn, silent
 
 Need = Literal["forget", "retain", "reference", "statistics", "retrain"]
 Loader = torch.utils.data.DataLoader

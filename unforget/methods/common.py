@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from unforget.device import Precision
+from unforget.data.loaders import RowSource
 from unforget.errors import InputError
-from unforget.evaluate import predict
-from unforget.loaders import RowSource
 from unforget.methods.base import Loader, Outcome, UnlearnTask
 from unforget.methods.loop import weights_differ
+from unforget.runtime.device import Precision
+from unforget.training.evaluate import predict
 
 
 @dataclass

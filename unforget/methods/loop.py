@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from unforget.device import Precision
+from unforget.data.loaders import Batch, to_device
 from unforget.errors import GuardRailError
-from unforget.loaders import Batch, to_device
 from unforget.methods.base import GuardConfig, Loader, Outcome, UnlearnTask
-from unforget.progress import Tick
-from unforget.train import augment, lr_factor, make_optimizer
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import Tick
+from unforget.training.loop import augment, lr_factor, make_optimizer
 
 DEFAULT_SHARE = 0.1  # default length: this share of the recipe's epochs, in passes over R
 

@@ -64,7 +64,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from unforget.device import Precision
 from unforget.errors import InputError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import (
@@ -77,7 +76,8 @@ from unforget.methods.common import (
     top_eigenvalue,
 )
 from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, require
-from unforget.progress import Tick
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import Tick
 
 
 @dataclass(frozen=True, kw_only=True)

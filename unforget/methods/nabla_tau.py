@@ -55,10 +55,10 @@ import torch
 from torch import nn
 
 from unforget.errors import GuardRailError, InputError
-from unforget.evaluate import predict
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import Guard, device_batch, freeze_batchnorm, paired
-from unforget.progress import Tick
+from unforget.runtime.progress import Tick
+from unforget.training.evaluate import predict
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -81,7 +81,7 @@ from unforget.methods.pgu_stats import (
     supported_layers,
     updated_statistics,
 )
-from unforget.progress import Tick
+from unforget.runtime.progress import Tick
 
 
 @dataclass(frozen=True, kw_only=True)

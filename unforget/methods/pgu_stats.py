@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from unforget.checkpoint import checkpoint_bytes, load_checkpoint
-from unforget.device import Precision
+from unforget.data.loaders import to_device
 from unforget.errors import CheckpointError
-from unforget.fileio import atomic_write, refuse_existing
-from unforget.loaders import to_device
+from unforget.io.checkpoint import checkpoint_bytes, load_checkpoint
+from unforget.io.fileio import atomic_write, refuse_existing
+from unforget.runtime.device import Precision
 
 SAMPLES_KEY = "__samples__"  # 0-d int64 tensor: samples summed over
 META_KEY = "unforget.pgu"  # JSON: {"version", "samples", "layers": {name: dim}}

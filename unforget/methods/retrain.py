@@ -4,7 +4,7 @@ A model trained from scratch on R = train − F (minus earlier deletions) never 
 the definition every approximate method is measured against ("gold standard" in every
 unlearning paper since Cao & Yang, "Towards Making Systems Forget with Machine Unlearning",
 IEEE S&P 2015). It is also the most expensive: ``recipe.epochs`` passes over R. The training goes
-through :func:`unforget.train.fit`, the project's one training loop, with the checkpoint's
+through :func:`unforget.training.loop.fit`, the project's one training loop, with the checkpoint's
 recipe and the run's seed, so on CPU the result is reproducible bit for bit.
 """
 

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from unforget.device import Precision
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import (
     budget_problems,
@@ -52,6 +51,7 @@ from unforget.methods.loop import (
     steps_for,
 )
 from unforget.methods.random_label import relabel_objective
+from unforget.runtime.device import Precision
 
 Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor of the parameter's shape
 

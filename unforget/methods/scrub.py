@@ -38,7 +38,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from unforget.loaders import Batch
+from unforget.data.loaders import Batch
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import (
     budget_problems,

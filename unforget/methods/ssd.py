@@ -42,11 +42,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from unforget.device import Precision
 from unforget.errors import GuardRailError, InputError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import device_batch, freeze_batchnorm, require
-from unforget.progress import Tick
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import Tick
 
 CHUNK_ENTRIES = 2**26  # per-sample gradient entries held at once (256 MiB in fp32)
 

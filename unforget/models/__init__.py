@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from unforget.config.spec import ModelSpec
 from unforget.errors import SpecError
-from unforget.spec import ModelSpec
 
 Builder = Callable[..., nn.Module]
 

@@ -12,10 +12,10 @@ load from safetensors only (a ``pytorch_model.bin`` is a pickle and is refused).
 head is new (``num_labels`` = the data's classes) and is initialised from the run's seed.
 
 ``unforget train`` tokenises with the directory's own ``tokenizer.json`` (see
-:func:`unforget.text.training_encoder`); the encoder pads with that tokenizer's pad id, and
+:func:`unforget.data.text.training_encoder`); the encoder pads with that tokenizer's pad id, and
 :class:`SequenceClassifier` masks exactly the positions holding it, via
-:func:`unforget.text.pad_id` on the same file, so the two cannot disagree.
-:mod:`unforget.hf_dir` writes an unlearned checkpoint back out as such a directory.
+:func:`unforget.data.text.pad_id` on the same file, so the two cannot disagree.
+:mod:`unforget.workflows.export_hf` writes an unlearned checkpoint back out as such a directory.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def load_config(directory: Path, *, num_classes: int) -> PretrainedConfig:
         ) from exc
     from tokenizers import Tokenizer
 
-    from unforget.text import pad_id
+    from unforget.data.text import pad_id
 
     pad = pad_id(Tokenizer.from_file(str(directory / "tokenizer.json")))
     if pad is None:

@@ -1,6 +1,6 @@
 """A small text classifier over token ids (embeddings + a light Transformer encoder).
 
-Token id 0 is padding (see :mod:`unforget.text`); the model masks it out of attention and of
+Token id 0 is padding (see :mod:`unforget.data.text`); the model masks it out of attention and of
 the mean pooling. A row with no tokens at all (an empty string) would leave attention nothing
 to attend to, and PyTorch's fused eval path then returns NaN; such rows attend to their first
 position instead, so they get a finite, input-independent prediction.

@@ -64,7 +64,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[Any], None]]:
         yield lambda tick: None
         return
     if not sys.stderr.isatty():
-        from unforget.progress import PlainProgress
+        from unforget.runtime.progress import PlainProgress
 
         yield PlainProgress(sys.stderr.write)
         return
@@ -94,14 +94,14 @@ def _emit_json(obj: Any) -> None:
 
 
 def _precision(device: str, amp: bool = True) -> Any:
-    from unforget.device import precision_for, resolve_device
+    from unforget.runtime.device import precision_for, resolve_device
 
     return precision_for(resolve_device(device), amp=amp)
 
 
 def _flags(sets: list[str] | None, **named: Any) -> dict[str, Any]:
     """Dotted spec overrides from named flags and ``--set``; ``None`` means not given."""
-    from unforget.options import parse_assignments
+    from unforget.config.options import parse_assignments
 
     out = {k: v for k, v in named.items() if v is not None}
     out.update(parse_assignments(sets or []))
@@ -149,13 +149,13 @@ def train(
     debug: Debug = False,
 ) -> None:
     """Train a model from a spec and write a safetensors checkpoint with the spec embedded."""
-    from unforget.checkpoint import load_checkpoint
-    from unforget.context import resolve_spec
-    from unforget.ledger import using_key_file
-    from unforget.manifest import read_manifest
-    from unforget.paths import check_train_paths
-    from unforget.report import print_train
-    from unforget.training_run import train_checkpoint
+    from unforget.cli.render import print_train
+    from unforget.io.checkpoint import load_checkpoint
+    from unforget.io.ledger import using_key_file
+    from unforget.io.manifest import read_manifest
+    from unforget.io.paths import check_train_paths
+    from unforget.workflows.train import train_checkpoint
+    from unforget.workflows.workspace import resolve_spec
 
     flags = _flags(
         sets,
@@ -192,7 +192,7 @@ def train(
 
 
 def report_json(report: Any) -> dict[str, Any]:
-    from unforget.options import as_plain
+    from unforget.config.options import as_plain
 
     return {
         "schema": "unforget.train/1",
@@ -222,10 +222,10 @@ def inspect_cmd(
     debug: Debug = False,
 ) -> None:
     """Show a checkpoint's tensors, spec, provenance and deletion ledger (read-only)."""
-    from unforget.ledger import using_key_file
-    from unforget.manifest import read_manifest
-    from unforget.report import print_summary
-    from unforget.summary import summarise
+    from unforget.cli.render import print_summary
+    from unforget.io.ledger import using_key_file
+    from unforget.io.manifest import read_manifest
+    from unforget.workflows.inspect import summarise
 
     with using_key_file(ledger_key):
         summary = summarise(ckpt, check=read_manifest(check_ids) if check_ids else None)
@@ -254,7 +254,7 @@ def export_hf(
     debug: Debug = False,
 ) -> None:
     """Write a HuggingFace model directory (config, tokenizer, weights) from a checkpoint."""
-    from unforget.hf_dir import export_model_dir
+    from unforget.workflows.export_hf import export_model_dir
 
     done = export_model_dir(ckpt, out, base=base, force=force)
     if as_json:
@@ -324,11 +324,11 @@ def apply(
     debug: Debug = False,
 ) -> int:
     """Unlearn the manifest's IDs; write a new checkpoint and a receipt beside it."""
+    from unforget.cli.render import print_apply
+    from unforget.config.options import parse_assignments
     from unforget.methods.base import GuardConfig
-    from unforget.options import parse_assignments
-    from unforget.report import print_apply
-    from unforget.unlearn import ApplyRequest
-    from unforget.unlearn import apply as run_apply
+    from unforget.workflows.unlearn import ApplyRequest
+    from unforget.workflows.unlearn import apply as run_apply
 
     request = ApplyRequest(
         ckpt=ckpt,
@@ -343,7 +343,7 @@ def apply(
         accept_data_change=accept_data_change,
         guard=GuardConfig(max_retain_drop=max_retain_drop),
     )
-    from unforget.ledger import using_key_file
+    from unforget.io.ledger import using_key_file
 
     with _progress(not quiet and not as_json) as tick, using_key_file(ledger_key):
         result = run_apply(request, precision=_precision(device), on_progress=tick)
@@ -423,10 +423,10 @@ def audit(
     debug: Debug = False,
 ) -> int:
     """Membership-inference audit of the forget set against held-out data, with controls."""
-    from unforget.audit.pipeline import AuditRequest, run_audit
-    from unforget.audit.report import print_audit, to_json, write_csv, write_plot
     from unforget.audit.results import VerdictRule
     from unforget.errors import InputError
+    from unforget.workflows.audit import AuditRequest, run_audit
+    from unforget.workflows.audit_output import print_audit, to_json, write_csv, write_plot
 
     if refs != "auto" and not refs.isdigit():
         raise InputError(f"--refs must be auto, 0 or a positive integer, not {refs!r}")
@@ -439,9 +439,9 @@ def audit(
 
         if importlib.util.find_spec("matplotlib") is None:  # fail before the expensive part
             raise InputError("--plot needs matplotlib: pip install 'unforget[plot]'")
-    from unforget.context import data_folder_of
-    from unforget.ledger import using_key_file
-    from unforget.paths import check_audit_paths
+    from unforget.io.ledger import using_key_file
+    from unforget.io.paths import check_audit_paths
+    from unforget.workflows.workspace import data_folder_of
 
     check_audit_paths(
         ckpt=ckpt,
@@ -489,9 +489,9 @@ def methods(
     debug: Debug = False,
 ) -> None:
     """List unlearning methods with the data each needs and their options."""
+    from unforget.cli.render import print_methods
+    from unforget.config.options import describe
     from unforget.methods import available, get_method
-    from unforget.options import describe
-    from unforget.report import print_methods
 
     rows = []
     for name in available():
@@ -549,9 +549,9 @@ def bench(
     debug: Debug = False,
 ) -> int:
     """Every method against exact retraining: quality gaps and time ratios from one run."""
-    from unforget.bench import BenchConfig, markdown, quick_config, run_bench
     from unforget.errors import InputError
     from unforget.methods import METHODS
+    from unforget.workflows.bench import BenchConfig, markdown, quick_config, run_bench
 
     if seeds < 1:
         raise InputError("--seeds must be >= 1")
@@ -615,8 +615,9 @@ def cache_prune(
     debug: Debug = False,
 ) -> None:
     """Remove cached copies a deletion made stale (reference models, datasets conversions)."""
-    from unforget.cache import cache_root, deleted_rows, prune
-    from unforget.ledger import using_key_file
+    from unforget.io.cache import cache_root, prune
+    from unforget.io.ledger import using_key_file
+    from unforget.workflows.workspace import deleted_rows
 
     with using_key_file(ledger_key):
         deleted = [deleted_rows(p) for p in ckpt or []]

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unforget import checkpoint as ckpt_io
 from unforget.errors import CheckpointError, InputError, OutputExistsError, SpecError
-from unforget.ledger import entries_from_json, entries_summary
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.ledger import entries_from_json, entries_summary
+from unforget.io.paths import is_under, same_file
 from unforget.models.hf import load_config, model_directory, quiet_transformers, strip_prefix
-from unforget.paths import is_under, same_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

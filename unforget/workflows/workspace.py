@@ -15,9 +15,16 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from unforget import checkpoint as ckpt_io
-from unforget.checkpoint import Checkpoint
-from unforget.data import (
+from unforget.config.spec import (
+    RunSpec,
+    flags_layer,
+    merge_spec,
+    relocate_data_path,
+    spec_layer_from_json,
+    spec_layer_from_toml,
+)
+from unforget.data.loaders import Encoder
+from unforget.data.splits import (
     InputInfo,
     Split,
     fingerprint,
@@ -26,21 +33,15 @@ from unforget.data import (
     load_split,
     reference_mask,
 )
-from unforget.device import Precision
 from unforget.errors import DataError, SpecError
-from unforget.ledger import LedgerEntry, covered, entries_from_json
-from unforget.loaders import Encoder
-from unforget.manifest import Manifest, canonical_ids, resolve_rows
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.cache import Deleted
+from unforget.io.checkpoint import Checkpoint
+from unforget.io.ledger import LedgerEntry, covered, entries_from_json
+from unforget.io.manifest import Manifest, canonical_ids, resolve_rows
 from unforget.models import build_model
-from unforget.spec import (
-    RunSpec,
-    flags_layer,
-    merge_spec,
-    relocate_data_path,
-    spec_layer_from_json,
-    spec_layer_from_toml,
-)
-from unforget.train import prepare_model
+from unforget.runtime.device import Precision
+from unforget.training.loop import prepare_model
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,14 @@ def _data_changed(spec: RunSpec, train: Split) -> tuple[bool, str]:
 def _encoder(checkpoint: Checkpoint, info: InputInfo) -> Encoder | None:
     if info.kind != "text":
         return None
-    from unforget.text import encoder_from_checkpoint
+    from unforget.data.text import encoder_from_checkpoint
 
     return encoder_from_checkpoint(checkpoint, max_length=info.shape[0])
+
+
+def deleted_rows(ckpt: Path) -> Deleted:
+    """What ``ckpt``'s deletion ledger removed, as rows of its training data (needs the key);
+    ``unforget cache prune`` removes cached models trained on any of them."""
+    ws = open_workspace(ckpt, accept_data_change=True)
+    known = {ws.fingerprint, *([ws.spec.train_fingerprint] if ws.spec.train_fingerprint else [])}
+    return Deleted(fingerprints=frozenset(known), rows=ws.ledger_rows())

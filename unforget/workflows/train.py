@@ -10,7 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from unforget import __version__
-from unforget.checkpoint import (
+from unforget.config.spec import RunSpec, relativise_data_path
+from unforget.data.loaders import make_loader, source
+from unforget.data.splits import fingerprint, input_info, load_split, reference_mask
+from unforget.errors import DataError
+from unforget.io.checkpoint import (
     KEY_LEDGER,
     KEY_PROVENANCE,
     KEY_SPEC,
@@ -18,18 +22,14 @@ from unforget.checkpoint import (
     save_checkpoint,
     state_dict_cpu,
 )
-from unforget.data import fingerprint, input_info, load_split, reference_mask
-from unforget.device import Precision
-from unforget.errors import DataError
-from unforget.evaluate import Score, predict, score
-from unforget.fileio import refuse_existing
-from unforget.ledger import entries_to_json, new_entry
-from unforget.loaders import make_loader, source
-from unforget.manifest import Manifest, canonical_ids, resolve_rows
+from unforget.io.fileio import refuse_existing
+from unforget.io.ledger import entries_to_json, load_or_create_key, new_entry
+from unforget.io.manifest import Manifest, canonical_ids, resolve_rows
 from unforget.methods.pgu_stats import compute_statistics, save_statistics, sidecar_path
-from unforget.progress import ProgressFn, silent
-from unforget.spec import RunSpec, relativise_data_path
-from unforget.train import TrainResult, fit
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import ProgressFn, silent
+from unforget.training.evaluate import Score, predict, score
+from unforget.training.loop import TrainResult, fit
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class TrainReport:
     heldout: Score
     result: TrainResult
     statistics: Path | None = None  # the PGU sidecar, when written (--pgu-stats)
+    ledger_key_created: Path | None = None  # the ledger key file, when this run created it
 
 
 def utc_now() -> str:
@@ -80,28 +81,12 @@ def train_checkpoint(
     if set(train.ids) & set(heldout.ids):
         raise DataError("the training and held-out splits share IDs; held-out must be unseen")
     info = input_info(train, spec.data)
-    extra_meta: dict[str, str] = {}
-    encoder = None
-    if info.kind == "text":
-        from unforget.text import fit_tokenizer
-
-        vocab = int(spec.model.kwargs.get("vocab_size", 8000))
-        encoder = fit_tokenizer(
-            train, spec.data.input_columns[0], vocab_size=vocab, max_length=info.shape[0]
-        )
-        extra_meta[KEY_TOKENIZER] = encoder.to_json()
-        if spec.model.name == "text":
-            kwargs = {**spec.model.kwargs, "vocab_size": encoder.vocab_size}
-            spec = spec.replace(model=dataclasses.replace(spec.model, kwargs=kwargs))
-    spec = spec.replace(
-        num_classes=info.num_classes,
-        input_shape=info.shape,
-        train_fingerprint=fingerprint(train),
-        class_names=info.class_names,
-    )
     all_rows = np.arange(len(train), dtype=np.int64)
     ledger = []
+    key_created = None
     if exclude is not None:
+        key, created = load_or_create_key()
+        key_created = key.path if created else None
         ids = canonical_ids(exclude.ids, integer=train.id_is_int, path=exclude.path)
         dropped = resolve_rows(
             ids, train_index=train.index(), heldout_index=heldout.index(), path=exclude.path
@@ -113,8 +98,29 @@ def train_checkpoint(
                 manifest_sha256=exclude.sha256,
                 method="retrain",
                 time=utc_now(),
+                key=key,
             )
         )
+    extra_meta: dict[str, str] = {}
+    encoder = None
+    if info.kind == "text":
+        from unforget.data.text import training_encoder
+
+        # A pretrained model directory's own tokenizer, else a vocabulary learnt from the rows
+        # actually trained on (exact retraining never sees a forgotten sample's words).
+        encoder = training_encoder(
+            spec.model, train, spec.data.input_columns[0], rows=all_rows, max_length=info.shape[0]
+        )
+        extra_meta[KEY_TOKENIZER] = encoder.to_json()
+        if spec.model.name == "text":
+            kwargs = {**spec.model.kwargs, "vocab_size": encoder.vocab_size}
+            spec = spec.replace(model=dataclasses.replace(spec.model, kwargs=kwargs))
+    spec = spec.replace(
+        num_classes=info.num_classes,
+        input_shape=info.shape,
+        train_fingerprint=fingerprint(train, spec.data),
+        class_names=info.class_names,
+    )
     model, result = fit(
         spec,
         split=train,
@@ -177,6 +183,7 @@ def train_checkpoint(
         heldout=scores[1],
         result=result,
         statistics=statistics,
+        ledger_key_created=key_created,
     )
 
 

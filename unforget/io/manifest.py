@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from unforget.errors import ManifestError
-from unforget.fileio import sha256_bytes
+from unforget.io.fileio import sha256_bytes
 
 _SHOW = 5
 # Spellings of a missing value that tools write into ID lists (pandas, str(None), SQL dumps);

@@ -80,8 +80,8 @@ class PruneResult:
 def stale_references(folder: Path, deleted: Sequence[Deleted], *, everything: bool) -> list[Path]:
     """Reference models to remove: all with ``everything``; else those with no training record
     (made before records existed) and those trained on a deleted row."""
-    from unforget.checkpoint import read_metadata
     from unforget.errors import CheckpointError
+    from unforget.io.checkpoint import read_metadata
 
     stale = []
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
@@ -137,12 +137,3 @@ def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def deleted_rows(ckpt: Path) -> Deleted:
-    """What ``ckpt``'s deletion ledger removed, as rows of its training data (needs the key)."""
-    from unforget.context import open_workspace
-
-    ws = open_workspace(ckpt, accept_data_change=True)
-    known = {ws.fingerprint, *([ws.spec.train_fingerprint] if ws.spec.train_fingerprint else [])}
-    return Deleted(fingerprints=frozenset(known), rows=ws.ledger_rows())

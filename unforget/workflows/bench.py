@@ -21,21 +21,21 @@ from typing import Any
 
 import numpy as np
 
-from unforget import fmnist
 from unforget.audit import attacks, metrics
 from unforget.audit.signals import Signals, compute_signals
-from unforget.context import Workspace, open_workspace
-from unforget.device import Precision
+from unforget.config.spec import merge_spec, spec_layer_from_toml
+from unforget.data import fmnist
+from unforget.data.loaders import make_loader, source
 from unforget.errors import InputError, UnforgetError
-from unforget.fileio import atomic_write, atomic_write_json
-from unforget.loaders import make_loader, source
-from unforget.progress import ProgressFn, silent
-from unforget.spec import merge_spec, spec_layer_from_toml
-from unforget.training_run import train_checkpoint
-from unforget.unlearn import ApplyRequest, apply
+from unforget.io.fileio import atomic_write, atomic_write_json
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import ProgressFn, silent
+from unforget.workflows.train import train_checkpoint
+from unforget.workflows.unlearn import ApplyRequest, apply
+from unforget.workflows.workspace import Workspace, open_workspace
 
 Notice = Callable[[str], None]
-SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data" / "fashion-mnist"
+SAMPLE_DATA = Path(__file__).resolve().parents[2] / "sample_data" / "fashion-mnist"
 SAMPLE_TEXT = SAMPLE_DATA.parent / "text"
 
 
@@ -261,7 +261,7 @@ def _measure(
     seed: int,
     precision: Precision,
 ) -> list[Run]:
-    from unforget.manifest import read_manifest
+    from unforget.io.manifest import read_manifest
 
     forget = ws.forget_rows(read_manifest(manifest))
     retain = ws.retain_rows(forget)

@@ -18,20 +18,20 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from unforget import cache
-from unforget import checkpoint as ckpt_io
-from unforget.context import Workspace
-from unforget.device import Precision
-from unforget.options import as_plain
-from unforget.progress import ProgressFn, silent
-from unforget.train import fit
+from unforget.config.options import as_plain
+from unforget.io import cache
+from unforget.io import checkpoint as ckpt_io
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import ProgressFn, silent
+from unforget.training.loop import fit
+from unforget.workflows.workspace import Workspace
 
 CHOICES = (8, 4, 2)
 
 
 def default_cache_dir() -> Path:
-    """``<cache root>/references`` (see :mod:`unforget.cache`)."""
-    from unforget.cache import references_dir
+    """``<cache root>/references`` (see :mod:`unforget.io.cache`)."""
+    from unforget.io.cache import references_dir
 
     return references_dir()
 

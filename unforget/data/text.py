@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unforget.checkpoint import KEY_TOKENIZER, Checkpoint
 from unforget.errors import CheckpointError, SpecError
+from unforget.io.checkpoint import KEY_TOKENIZER, Checkpoint
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from unforget.data import Split
-    from unforget.spec import ModelSpec
+    from unforget.config.spec import ModelSpec
+    from unforget.data.splits import Split
 
 SPECIAL = ("[PAD]", "[UNK]")
 PAD_ID = 0  # padding of tokenizers that define no pad token (the built-in model's convention)

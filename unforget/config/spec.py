@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from unforget.config.options import as_plain, build
 from unforget.errors import SpecError, collect
-from unforget.options import as_plain, build
 
 SPEC_VERSION = 1
 DATA_FORMATS = ("auto", "parquet", "arrow", "csv", "jsonl", "imagefolder")

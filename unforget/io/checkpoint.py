@@ -2,9 +2,10 @@
 
 Metadata keys (all values are JSON strings, as safetensors metadata must be ``Dict[str, str]``):
 
-- ``unforget.spec``: the run spec (:mod:`unforget.spec`).
+- ``unforget.spec``: the run spec (:mod:`unforget.config.spec`).
 - ``unforget.provenance``: what produced this file (tool, method, options, hashes, time).
-- ``unforget.ledger``: every deletion applied so far, as salted ID hashes (:mod:`unforget.ledger`).
+- ``unforget.ledger``: every deletion applied so far, as salted ID hashes
+  (:mod:`unforget.io.ledger`).
 - ``unforget.aliases``: tied weights saved once, ``{"dropped name": "kept name"}``.
 - ``unforget.tokenizer``: a text model's tokenizer JSON (when there is one).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unforget.errors import CheckpointError
-from unforget.fileio import atomic_write, refuse_existing, sha256_file
+from unforget.io.fileio import atomic_write, refuse_existing, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -187,7 +188,7 @@ def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
         tensor = state[name].detach().to("cpu")
         key = (
             tensor.untyped_storage().data_ptr(),
-            tensor.storage_offset(),
+            int(tensor.storage_offset()),
             tuple(tensor.shape),
             tuple(tensor.stride()),
         )

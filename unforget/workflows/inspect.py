@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unforget.checkpoint import KEY_LEDGER, KEY_PROVENANCE, KEY_SPEC, Checkpoint, load_checkpoint
-from unforget.ledger import LedgerEntry, covered, entries_from_json
-from unforget.manifest import Manifest
+from unforget.io.checkpoint import KEY_LEDGER, KEY_PROVENANCE, KEY_SPEC, Checkpoint, load_checkpoint
+from unforget.io.ledger import LedgerEntry, covered, entries_from_json
+from unforget.io.manifest import Manifest
 
 
 @dataclass(frozen=True)

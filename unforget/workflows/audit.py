@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from unforget import checkpoint as ckpt_io
-from unforget.audit import attacks, metrics, references
+from unforget.audit import attacks, metrics
 from unforget.audit.results import (
     AttackMetrics,
     AttackScores,
@@ -30,13 +29,15 @@ from unforget.audit.results import (
 )
 from unforget.audit.signals import Signals, compute_signals
 from unforget.audit.verdict import decide, sample_size_check
-from unforget.context import Workspace, open_workspace
-from unforget.device import Precision
+from unforget.data.loaders import make_loader, source
 from unforget.errors import InputError
-from unforget.fileio import sha256_file
-from unforget.loaders import make_loader, source
-from unforget.manifest import read_manifest
-from unforget.progress import ProgressFn, silent
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.fileio import sha256_file
+from unforget.io.manifest import read_manifest
+from unforget.runtime.device import Precision
+from unforget.runtime.progress import ProgressFn, silent
+from unforget.workflows import references
+from unforget.workflows.workspace import Workspace, open_workspace
 
 SCHEMA = "unforget.audit/1"
 FPRS = (0.01, 0.001)

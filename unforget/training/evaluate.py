@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from unforget.device import Precision
-from unforget.loaders import Batch, to_device
+from unforget.data.loaders import Batch, to_device
+from unforget.runtime.device import Precision
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unforget.evaluate import Score
+from unforget.training.evaluate import Score
 
 SCHEMA = "unforget.receipt/1"
 
@@ -107,9 +107,9 @@ def orphaned_output(out: Path) -> bool:
     bytes: what a kill between writing the checkpoint and its receipt leaves. Such a file is
     an unfinished result, so a re-run may replace it without ``--force``.
     """
-    from unforget.checkpoint import KEY_PROVENANCE, read_metadata
     from unforget.errors import CheckpointError
-    from unforget.fileio import sha256_file
+    from unforget.io.checkpoint import KEY_PROVENANCE, read_metadata
+    from unforget.io.fileio import sha256_file
 
     if not out.is_file():
         return False

@@ -1,6 +1,6 @@
 """Audit results -> JSON (schema ``unforget.audit/1``), per-sample CSV, ROC plot, rich table.
 
-No computation here: everything shown was computed by :mod:`unforget.audit.pipeline`.
+No computation here: everything shown was computed by :mod:`unforget.workflows.audit`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-from unforget.audit.pipeline import SCHEMA, AuditReport, ModelResult
 from unforget.audit.results import as_json
 from unforget.errors import InputError
-from unforget.fileio import atomic_write
+from unforget.io.fileio import atomic_write
+from unforget.workflows.audit import SCHEMA, AuditReport, ModelResult
 
 DISCLAIMER = (
     "A PASS is evidence against the named attack at the stated operating point, "

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from unforget.data import InputInfo, Split
-from unforget.spec import DataSpec
+from unforget.config.spec import DataSpec
+from unforget.data.splits import InputInfo, Split
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -2,7 +2,7 @@
 
 Everything is read with HuggingFace ``datasets`` into memory-mapped Arrow tables; rows are
 addressed by integer position and batches are cut straight from Arrow (see
-:mod:`unforget.loaders`), so nothing here copies a split into Python lists except the IDs.
+:mod:`unforget.data.loaders`), so nothing here copies a split into Python lists except the IDs.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from unforget.config.spec import DataSpec
 from unforget.errors import DataError, collect
-from unforget.spec import DataSpec
 
 if TYPE_CHECKING:
     import datasets
@@ -246,7 +246,7 @@ def _hash_image(digest: Any, item: dict[str, Any] | None) -> None:
 def _load_dataset(spec: DataSpec, split: str) -> datasets.Dataset:
     import datasets as hf
 
-    from unforget.cache import datasets_cache_dir
+    from unforget.io.cache import datasets_cache_dir
 
     path = Path(spec.path)
     if not path.exists():

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from unforget.data import InputInfo, Split
-from unforget.device import Precision, seed_everything
+from unforget.config.spec import Recipe, RunSpec
+from unforget.data.loaders import Encoder, make_loader, source, to_device
+from unforget.data.splits import InputInfo, Split
 from unforget.errors import GuardRailError
-from unforget.loaders import Encoder, make_loader, source, to_device
 from unforget.models import build_model
-from unforget.progress import ProgressFn, Tick, silent
-from unforget.spec import Recipe, RunSpec
+from unforget.runtime.device import Precision, seed_everything
+from unforget.runtime.progress import ProgressFn, Tick, silent
 
 
 @dataclass(frozen=True)

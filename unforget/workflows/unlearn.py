@@ -18,24 +18,35 @@ from typing import Any
 import numpy as np
 
 from unforget import __version__
-from unforget import checkpoint as ckpt_io
-from unforget.context import Workspace, open_workspace
-from unforget.device import Precision, seed_everything
-from unforget.evaluate import predict, score
-from unforget.fileio import Staged, json_bytes, output_lock, remove_stale_temps
-from unforget.ledger import covered, entries_to_json, find_manifest, load_or_create_key, new_entry
-from unforget.loaders import make_loader, source
-from unforget.manifest import Manifest, canonical_ids, duplicate_count, read_manifest
+from unforget.config.options import as_plain
+from unforget.config.spec import relativise_data_path
+from unforget.data.loaders import make_loader, source
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.fileio import (
+    Staged,
+    json_bytes,
+    output_lock,
+    remove_stale_temps,
+)
+from unforget.io.ledger import (
+    covered,
+    entries_to_json,
+    find_manifest,
+    load_or_create_key,
+    new_entry,
+)
+from unforget.io.manifest import Manifest, canonical_ids, duplicate_count, read_manifest
+from unforget.io.paths import IOPlan, check_plan
+from unforget.io.receipt import Provenance, Receipt, Snapshot, orphaned_output, receipt_path
 from unforget.methods import get_method, make_config
 from unforget.methods.base import GuardConfig, Outcome, UnlearnTask
 from unforget.methods.pgu import sidecar_update
 from unforget.methods.pgu_stats import sidecar_path, statistics_bytes
-from unforget.options import as_plain
-from unforget.paths import IOPlan, check_plan
-from unforget.progress import ProgressFn, silent
-from unforget.receipt import Provenance, Receipt, Snapshot, orphaned_output, receipt_path
-from unforget.spec import relativise_data_path
-from unforget.train import fit
+from unforget.runtime.device import Precision, seed_everything
+from unforget.runtime.progress import ProgressFn, silent
+from unforget.training.evaluate import predict, score
+from unforget.training.loop import fit
+from unforget.workflows.workspace import Workspace, open_workspace
 
 EVAL_BATCH = 512
 RETAIN_SAMPLE = 2048
@@ -115,7 +126,7 @@ def apply(
 
 
 def apply_paths(request: ApplyRequest, out: Path, *, data: Path | None) -> IOPlan:
-    """What ``apply`` reads and writes (see :mod:`unforget.paths`)."""
+    """What ``apply`` reads and writes (see :mod:`unforget.io.paths`)."""
     inputs = {"--ckpt": request.ckpt, "--forget": request.manifest}
     if request.config is not None:
         inputs["--config"] = request.config

@@ -1,0 +1,1 @@
+"""Data: split loading and fingerprints, batch loaders, text tokenisation, Fashion-MNIST reader."""

@@ -1,0 +1,1 @@
+"""Files in and out: safetensors checkpoints, atomic writes, manifests, receipts, the ledger."""

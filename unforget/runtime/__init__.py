@@ -1,0 +1,1 @@
+"""Where and how things run: device/precision selection, seeding, progress callbacks."""

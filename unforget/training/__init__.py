@@ -1,0 +1,1 @@
+"""The one supervised training loop (train, retrain baseline, audit references) and evaluation."""
