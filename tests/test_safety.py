@@ -147,7 +147,7 @@ def test_audit_outputs_never_name_an_input(
     assert not (sample_dir / "fashion-mnist" / "extra.csv").exists()
 
 
-def test_apply_out_never_names_the_manifest_or_lands_in_the_data_folder(
+def test_apply_out_never_names_the_manifest_or_a_data_file(
     ckpt: Path, sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest = tmp_path / "ids.txt"
@@ -156,9 +156,11 @@ def test_apply_out_never_names_the_manifest_or_lands_in_the_data_folder(
     code, _, err = run([*base, "--out", manifest], capsys)
     assert code == EXIT_BAD_INPUT and "--forget" in one_line(err)
     assert manifest.read_bytes() == (sample_dir / "forget_random10.txt").read_bytes()
-    code, _, err = run([*base, "--out", sample_dir / "fashion-mnist" / "x.safetensors"], capsys)
+    data = sample_dir / "fashion-mnist"
+    before = sha256_file(data / "train.parquet")
+    code, _, err = run([*base, "--out", data / "train.parquet"], capsys)
     assert code == EXIT_BAD_INPUT and "data folder" in one_line(err)
-    assert not (sample_dir / "fashion-mnist" / "x.safetensors").exists()
+    assert sha256_file(data / "train.parquet") == before
 
 
 # --- item 3: one writer per output, receipts hash the bytes written ---------------------------

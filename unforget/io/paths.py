@@ -5,8 +5,9 @@ A command that trains for minutes and then finds its ``--out`` is a directory, o
 the checkpoint it was asked to audit with a CSV, has failed its user twice. So each command lists
 its inputs (files read) and outputs (files written, including derived names such as receipts
 and sidecars) up front and calls :func:`check_plan` once. Paths are compared by resolved path
-*and* by inode, so a symlink or hard link to an input is caught too. Everything under the data
-folder counts as input: a new ``train-x.csv`` there would silently join the training split.
+*and* by inode, so a symlink or hard link to an input is caught too. Inside the data folder
+no existing file may be replaced and no file the loaders read may be created: a new
+``train-x.csv`` there would silently join the training split.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ def input_clashes(plan: IOPlan) -> dict[str, str]:
                     "overwrites its input, choose another path"
                 )
         for in_name, folder in plan.folders.items():
-            if is_under(out, folder):
+            if is_under(out, folder) and (out.exists() or _reads_as_data(out)):
                 problems[out_name] = (
-                    f"{out_name} ({out}) lies inside {in_name} ({folder}); write outputs elsewhere"
+                    f"{out_name} ({out}) lies inside {in_name} ({folder}) and would replace or "
+                    "join the data; write it elsewhere"
                 )
     names = list(plan.outputs.items())
     for i, (a_name, a) in enumerate(names):
@@ -74,6 +76,20 @@ def input_clashes(plan: IOPlan) -> dict[str, str]:
             if same_file(a, b):
                 problems.setdefault(b_name, f"{a_name} and {b_name} are the same file ({a})")
     return problems
+
+
+# Files the data loaders would pick up (see ``unforget.data.splits``): a new one inside the data
+# folder could join a split or change the detected format.
+DATA_SUFFIXES = frozenset(
+    {".parquet", ".csv", ".jsonl", ".json", ".arrow", ".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+    | {".webp", ".tif", ".tiff"}
+)
+
+
+def _reads_as_data(path: Path) -> bool:
+    """Would a new file at ``path`` be read as data? Receipts (``*.receipt.json``) beside a
+    checkpoint that shares its folder with the data (``sample_data/text``) are not."""
+    return path.suffix.lower() in DATA_SUFFIXES and not path.name.endswith(".receipt.json")
 
 
 def output_problem(path: Path, *, what: str) -> str | None:

@@ -333,7 +333,7 @@ def _write(
     # that had no fingerprint, and after --accept-data-change), so later changes are caught.
     spec = ws.spec.replace(train_fingerprint=ws.fingerprint)
     spec = relativise_data_path(spec, base=out.resolve().parent)
-    metadata = {
+    metadata: dict[str, Any] = {
         k: v
         for k, v in ws.checkpoint.metadata.items()
         if k.startswith("unforget.") and k not in {ckpt_io.KEY_ALIASES, "unforget.format"}
