@@ -282,6 +282,9 @@ def test_json_prints_only_the_receipt(sequence: Sequence) -> None:
     assert sequence.second_code == 0, sequence.second_stderr
     assert sequence.second_stderr == ""
     receipt = json.loads(sequence.second_stdout)
+    # stdout is the receipt plus what only this run's reader needs (issue 15)
+    assert receipt.pop("already_applied") is False
+    assert receipt.pop("assessment")["state"] in {"like_unseen", "remembered", "over_forgotten"}
     assert receipt == json.loads(receipt_path(sequence.second_out).read_text())
     assert receipt["output_sha256"] == sha256_file(sequence.second_out)
     # the receipt chain: request 2's input is request 1's output
@@ -350,7 +353,8 @@ def test_reapplying_via_cli_exits_0_and_says_so(
     assert captured.out == "" and not out.exists()
     assert cli.run([*argv, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["already_applied"].startswith("60 IDs") and report["output_path"] is None
+    assert report["already_applied"] is True and report["output_path"] is None
+    assert report["already_applied_by"].startswith("60 IDs")
     assert not out.exists()
 
 

@@ -37,21 +37,25 @@ def audit(ckpt: Path, manifest: Path, cache: Path, **kw: object) -> dict:
     return to_json(report)
 
 
-def test_tiny_forget_set_is_inconclusive_before_any_training(
+def test_tiny_forget_set_is_still_attacked(
     sample_ckpt: Path, sample_dir: Path, tmp_path: Path
 ) -> None:
-    """|F| = 20 cannot support a PASS at δ = 0.03: say so without training references."""
-    ids = (sample_dir / "forget_random10.txt").read_text().split("\n")[1:21]
-    manifest = tmp_path / "twenty.txt"
+    """|F| = 60 can never PASS at δ = 0.03, but a small request must still be tested: the
+    original model, which memorised those 60 samples, is FAIL-LEAK (here without references,
+    by the population loss attack against exchangeability, so nothing is trained)."""
+    ids = (sample_dir / "forget_random10.txt").read_text().split("\n")[1:61]
+    manifest = tmp_path / "sixty.txt"
     manifest.write_text("\n".join(ids) + "\n")
-    cache = tmp_path / "cache"
+    notices: list[str] = []
     report = run_audit(
-        AuditRequest(ckpt=sample_ckpt, manifest=manifest, cache_dir=cache), precision=CPU
+        AuditRequest(ckpt=sample_ckpt, manifest=manifest, refs=0, cache_dir=tmp_path / "cache"),
+        precision=CPU,
+        on_notice=notices.append,
     )
-    assert report.verdict.status == "INCONCLUSIVE" and report.verdict.exit_code == 5
-    assert "forget_set_too_small" in report.verdict.reasons
-    assert report.verdict.min_detectable_auc and report.verdict.min_detectable_auc > 0.1
-    assert not cache.exists() or not any(cache.iterdir())  # nothing was trained
+    assert report.verdict.status == "FAIL-LEAK" and report.verdict.exit_code == 3
+    assert report.target is not None and report.target.metrics is not None
+    assert any("PASS is out of reach" in n and "K ≥" in n for n in notices)
+    assert to_json(report)["schema"] == "unforget.audit/2"
 
 
 @pytest.mark.slow

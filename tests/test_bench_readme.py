@@ -48,3 +48,29 @@ def test_bench_quick(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["schema"] == "unforget.bench/1" and len(saved["runs"]) == 6
+
+
+def test_bench_without_a_source_checkout_says_what_to_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed wheel has no sample_data/: --quick (and --data sample/text) stop with one
+    line naming --data, before anything is trained or written."""
+    from unforget import cli
+    from unforget.workflows import bench
+
+    monkeypatch.setattr(bench, "SAMPLE_DATA", tmp_path / "absent" / "fashion-mnist")
+    monkeypatch.setattr(bench, "SAMPLE_TEXT", tmp_path / "absent" / "text")
+    for argv in (["--quick"], ["--data", "sample"], ["--data", "text"]):
+        assert cli.run(["bench", *argv, "--out", str(tmp_path / "b"), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("unforget: error: ") and "--data PATH" in err
+        assert len(err.splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_bench_quick_takes_a_data_folder(tmp_path: Path) -> None:
+    from unforget.workflows.bench import prepare_data, quick_config
+
+    folder = tmp_path / "my-data"
+    folder.mkdir()
+    assert prepare_data(quick_config(tmp_path, data=str(folder))) == folder

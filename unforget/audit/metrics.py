@@ -70,7 +70,7 @@ def auc(member_scores: npt.ArrayLike, nonmember_scores: npt.ArrayLike) -> float:
     return u / (len(pos) * len(neg))
 
 
-def _weighted_aucs(
+def weighted_aucs(
     below: npt.NDArray[np.intp],
     upto: npt.NDArray[np.intp],
     pos_counts: npt.NDArray[np.int64],
@@ -90,11 +90,12 @@ def _weighted_aucs(
         Shape ``(B,)``: the AUC of each resample.
     """
     b, n2 = neg_counts.shape
-    cum = np.zeros((b, n2 + 1))
-    np.cumsum(neg_counts, axis=1, out=cum[:, 1:])
-    wins = 0.5 * (cum[:, below] + cum[:, upto])
+    cum = np.zeros((b, n2 + 1), dtype=np.int32)  # int32 cumsum: several times faster than float
+    np.cumsum(neg_counts, axis=1, out=cum[:, 1:], dtype=np.int32)
+    wins = cum[:, below] + cum[:, upto]  # twice the wins, exact in integers
     n1 = pos_counts.shape[1]
-    return np.asarray(np.einsum("bi,bi->b", pos_counts, wins) / (n1 * n2), dtype=np.float64)
+    total = np.einsum("bi,bi->b", pos_counts, wins, dtype=np.float64)
+    return np.asarray(total / (2.0 * n1 * n2), dtype=np.float64)
 
 
 def _bootstrap_aucs(
@@ -103,7 +104,7 @@ def _bootstrap_aucs(
     """AUCs of ``n_boot`` stratified resamples (each group resampled separately, with replacement).
 
     Resamples are drawn in chunks of rows bounded by memory, as multiplicity vectors (bincount of
-    uniform indices), and scored by :func:`_weighted_aucs` in O(n1 + n2) each.
+    uniform indices), and scored by :func:`weighted_aucs` in O(n1 + n2) each.
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be positive, got {n_boot}")
@@ -118,7 +119,7 @@ def _bootstrap_aucs(
         offsets = np.arange(b)[:, None]
         d = np.bincount((rng.integers(0, n2, (b, n2)) + offsets * n2).ravel(), minlength=b * n2)
         c = np.bincount((rng.integers(0, n1, (b, n1)) + offsets * n1).ravel(), minlength=b * n1)
-        out[start : start + b] = _weighted_aucs(below, upto, c.reshape(b, n1), d.reshape(b, n2))
+        out[start : start + b] = weighted_aucs(below, upto, c.reshape(b, n1), d.reshape(b, n2))
     return out
 
 
@@ -177,49 +178,6 @@ def auc_test(pos: npt.ArrayLike, neg: npt.ArrayLike) -> tuple[float, float]:
         return 1.0, 1.0
     sd, mean = math.sqrt(variance), n1 * n2 / 2.0
     return normal_sf((u - mean - 0.5) / sd), normal_sf((mean - u - 0.5) / sd)
-
-
-def auc_difference_interval(
-    pos: npt.ArrayLike,
-    neg: npt.ArrayLike,
-    *,
-    reference_aucs: Sequence[float],
-    rng: np.random.Generator,
-    n_boot: int = 1000,
-    level: float = 0.95,
-) -> Estimate:
-    """Interval of AUC_U − AUC_ref, with AUC_ref the mean AUC of the negative controls.
-
-    The target's sampling noise comes from the stratified bootstrap of its scores; the noise of
-    AUC_ref (spread over training seeds) from a Student-t draw around the reference mean with
-    standard error s/√K and K−1 degrees of freedom, honest for the small K we can afford. Each
-    bootstrap AUC is paired with one such draw and the percentile interval of the differences is
-    returned. Target and references share F and H, so their data noise is positively correlated;
-    ignoring that correlation widens the interval, erring against a false PASS. With K = 1 the seed
-    spread is unknown and the reference term is held fixed (the interval is then too narrow; the
-    verdict needs K ≥ 2 references to have negative controls at all).
-
-    Args:
-        pos, neg: the target's forget and held-out scores.
-        reference_aucs: AUC of each reference model audited as a target (negative controls).
-        rng: randomness source. n_boot: resamples. level: interval coverage.
-
-    Returns:
-        Estimate of AUC_U − mean(reference_aucs) with its interval.
-    """
-    refs = np.asarray(reference_aucs, dtype=np.float64)
-    if refs.ndim != 1 or refs.size == 0 or not np.all((refs >= 0.0) & (refs <= 1.0)):
-        raise ValueError(f"reference_aucs must be a non-empty list of AUCs in [0, 1], got {refs}")
-    pos = as_score_array(pos, name="forget scores")
-    neg = as_score_array(neg, name="held-out scores")
-    boot = _bootstrap_aucs(pos, neg, rng=rng, n_boot=n_boot)
-    ref_mean = float(refs.mean())
-    ref_draws = np.full(n_boot, ref_mean)
-    if refs.size >= 2:
-        se = float(refs.std(ddof=1)) / math.sqrt(refs.size)
-        ref_draws += se * rng.standard_t(refs.size - 1, size=n_boot)
-    low, high = _percentiles(boot - ref_draws, level)
-    return Estimate(value=auc(pos, neg) - ref_mean, low=low, high=high)
 
 
 def _tail_threshold(neg: FloatArray, *, fpr: float, side: Side) -> tuple[float, int]:

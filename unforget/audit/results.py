@@ -198,26 +198,71 @@ class VerdictRule:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class SampleSizeCheck:
-    """Whether a PASS is reachable at all with these sample sizes, checked before any training.
+class ReferenceComparison:
+    """The target against its negative controls, from a paired bootstrap over F and H.
+
+    Every difference is target minus references (each reference audited as the target against
+    the other K−1), so 0 is what an exact retrain is expected to show whatever F and H share;
+    positive = the target finds F more member-like than the retrains do (leak direction).
 
     Attributes:
-        n_forget, n_heldout: |F| and |H|.
-        min_detectable_auc_delta: smallest |AUC − 0.5| the AUC test detects with 80% power.
-        auc_half_width: null 95% half-width of the AUC; a PASS needs it below ``delta_auc``.
-        tpr_upper_bound: Clopper-Pearson upper bound on TPR when exactly ``fpr`` of F is detected
-            (the best a retrained model can be expected to do); a PASS needs it below the margin.
-        pass_reachable: both criteria hold and the TPR threshold is resolvable on H.
-        reasons: reason codes when not reachable (``forget_set_too_small``, ``heldout_too_small``).
+        k: number of negative controls (references) compared with.
+        fpr: operating point of the tail shares. n_boot: bootstrap replicates.
+        auc_reference: mean AUC of the controls (AUC_ref).
+        auc_difference: AUC_U − AUC_ref with its paired-bootstrap 95% interval.
+        auc_p_upper, auc_p_lower: one-sided p-values of AUC_U − AUC_ref > 0 and < 0.
+        tpr_reference: the controls' mean share of F above H's upper ``fpr`` tail.
+        tpr_difference: TPR_U − TPR_ref at ``fpr`` (upper tail) with its 95% interval.
+        tail_p_upper: one-sided p-value of an excess of F in the upper tail over the controls.
+        lower_tail_difference: the same for the share of F below H's lower ``fpr`` tail.
+        tail_p_lower: one-sided p-value of an excess of F in the lower tail over the controls.
+    """
+
+    k: int
+    fpr: float
+    n_boot: int
+    auc_reference: float
+    auc_difference: Estimate
+    auc_p_upper: float
+    auc_p_lower: float
+    tpr_reference: float
+    tpr_difference: Estimate
+    tail_p_upper: float
+    lower_tail_difference: Estimate
+    tail_p_lower: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SampleSizeCheck:
+    """Whether a PASS is reachable with |F|, |H| and K, predicted before any model is scored.
+
+    Attributes:
+        n_forget, n_heldout, k: |F|, |H| and the number of reference models.
+        min_detectable_auc_delta: smallest AUC_U − AUC_ref the AUC test detects with 80% power
+            (against 0.5 when K < 2, where there are no negative controls).
+        auc_half_width: predicted 95% half-width of the interval of AUC_U − AUC_ref for an exact
+            retrain; a PASS needs it below ``delta_auc``.
+        tpr_upper_bound: predicted upper 95% bound of TPR_U − TPR_ref for an exact retrain; a PASS
+            needs it below the TPR margin.
+        retrain_pass_rate: predicted share of exact retrains whose AUC interval fits inside ±δ
+            (the AUC criterion alone; the calibration script measures the real rate).
+        pass_reachable: K ≥ 2, both predictions below their margins and the TPR threshold
+            resolvable on H (|H|·FPR ≥ 10).
+        reasons: reason codes when not reachable (``no_references``,
+            ``forget_set_too_small``, ``heldout_too_small``).
+        advice: one line saying what would make a PASS reachable; empty when it is.
     """
 
     n_forget: int
     n_heldout: int
+    k: int
     min_detectable_auc_delta: float
     auc_half_width: float
     tpr_upper_bound: float
+    retrain_pass_rate: float
     pass_reachable: bool
     reasons: tuple[str, ...]
+    advice: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -226,8 +271,10 @@ class Verdict:
 
     ``evidence`` qualifies a PASS only: "strong" when the positive control (the original model)
     shows the attack can see F, "weak" when it did not or was not run; "none" for other statuses.
-    ``min_detectable_auc`` is the smallest |AUC − 0.5| this run's sample sizes detect with 80%
-    power (from :class:`SampleSizeCheck`), the effect size a non-FAIL result can speak to.
+    ``min_detectable_auc`` is the smallest AUC effect this run's sizes detect with 80% power (from
+    :class:`SampleSizeCheck`). ``auc_ruled_out`` and ``tpr_ruled_out`` are what the run itself
+    rules out at 95%: |AUC_U − AUC_ref| below the first, TPR_U − TPR_ref below the second (None
+    without negative controls). An INCONCLUSIVE states them, so the user knows the power.
     """
 
     status: Status
@@ -236,6 +283,8 @@ class Verdict:
     evidence: Evidence
     min_detectable_auc: float | None
     explanation: str
+    auc_ruled_out: float | None = None
+    tpr_ruled_out: float | None = None
 
     def __post_init__(self) -> None:
         if EXIT_CODES[self.status] != self.exit_code:

@@ -1,32 +1,36 @@
-"""The audit's pre-registered decision rule (audit.md, "Verdict") and its sample-size pre-check.
+"""The audit's pre-registered decision rule (audit.md, "Verdict", revised).
 
-The family-wise level α is split evenly (Bonferroni) between the two kinds of test, α/2 for the
-AUC test and α/2 for the tail test; each is one-sided in the direction it checks. A FAIL needs a
-test to reject *and* the effect to exceed a practical margin; a PASS needs the opposite, shown by
-intervals (an equivalence argument), and it needs the retrain references as the baseline. Anything
-in between is INCONCLUSIVE with reason codes, never a silent PASS.
+Every test and margin compares the target with the references audited the same way (the
+negative controls, :mod:`unforget.audit.comparison`), never with 0.5 or the nominal FPR: a
+forget/held-out difference that every retrain shares can then neither block a PASS nor make a
+FAIL. The family-wise level α is split evenly (Bonferroni) between the AUC test and the tail
+test, α/2 each, one-sided in the direction checked. A FAIL needs a test to reject *and* the effect
+to exceed a practical margin (or flagged leaking samples beyond what the references show); a PASS
+needs the opposite shown by intervals (an equivalence argument). Anything else is INCONCLUSIVE,
+with the effect sizes the run did rule out. Without negative controls (K < 2) the tests fall
+back to exchangeability of F and H (AUC 0.5, TPR = FPR): a leak can still be found, a PASS not.
 
 Reason codes (stable, machine-readable):
     FAIL-LEAK: ``auc_test_upper``, ``tail_test_upper`` (which test rejected) and
-        ``auc_above_reference`` (AUC_U − AUC_ref ≥ δ), ``tpr_above_margin`` (TPR ≥ margin).
+        ``auc_above_reference`` (AUC_U − AUC_ref ≥ δ), ``tpr_above_reference`` (TPR_U − TPR_ref ≥
+        margin); or ``leaking_samples`` (more BH-flagged IDs than any reference shows).
     FAIL-OVER: ``auc_test_lower``, ``tail_test_lower`` and ``auc_below_reference``.
     INCONCLUSIVE: ``leak_below_margin``, ``over_below_margin``, ``no_references``,
-        ``forget_set_too_small``, ``heldout_too_small``, ``no_auc_interval``,
-        ``auc_interval_too_wide``, ``tpr_bound_above_margin``, ``diagnostics``.
+        ``forget_set_too_small``, ``heldout_too_small``, ``auc_interval_too_wide``,
+        ``tpr_bound_above_margin``, ``leaking_samples_flagged``, ``diagnostics``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from unforget.audit.exact import clopper_pearson, normal_quantile
-from unforget.audit.metrics import RESOLVABLE_TAIL, min_detectable_auc_delta
 from unforget.audit.results import (
     EXIT_CODES,
     AttackMetrics,
-    Estimate,
     Evidence,
+    ReferenceComparison,
     SampleSizeCheck,
     Side,
     Status,
@@ -35,152 +39,177 @@ from unforget.audit.results import (
 )
 
 REASON_TEXT: dict[str, str] = {
-    "auc_test_upper": "the AUC test finds F more member-like than H",
-    "tail_test_upper": "more forget samples than expected lie in H's upper FPR tail",
-    "auc_test_lower": "the AUC test finds F less member-like than H",
-    "tail_test_lower": "more forget samples than expected lie in H's lower FPR tail",
-    "auc_above_reference": "AUC_U exceeds the baseline by at least δ",
-    "tpr_above_margin": "the TPR at the operating FPR reaches the margin",
-    "auc_below_reference": "AUC_U falls below the baseline by at least δ",
-    "leak_below_margin": "F is detectably more member-like than H, but by less than the margins",
-    "over_below_margin": "F is detectably less member-like than H, but by less than the margin",
-    "no_references": "no reference models were used, so there is no retrain baseline",
+    "auc_test_upper": "the AUC test finds F more member-like than the references do",
+    "tail_test_upper": "more forget samples lie in H's upper FPR tail than under the references",
+    "auc_test_lower": "the AUC test finds F less member-like than the references do",
+    "tail_test_lower": "more forget samples lie in H's lower FPR tail than under the references",
+    "auc_above_reference": "AUC_U exceeds AUC_ref by at least δ",
+    "tpr_above_reference": "the TPR at the operating FPR exceeds the references' by the margin",
+    "auc_below_reference": "AUC_U falls below AUC_ref by at least δ",
+    "leaking_samples": "more forget samples are flagged as leaking than the references explain",
+    "leak_below_margin": "F is detectably more member-like than under the references, but by "
+    "less than the margins",
+    "over_below_margin": "F is detectably less member-like than under the references, but by "
+    "less than the margin",
+    "no_references": "fewer than 2 reference models, so there are no negative controls",
     "forget_set_too_small": "the forget set is too small for the margins to be shown",
     "heldout_too_small": "the held-out set is too small for the margins to be shown",
-    "no_auc_interval": "no interval for AUC_U − AUC_ref was computed",
     "auc_interval_too_wide": "the interval of AUC_U − AUC_ref is not inside ±δ",
-    "tpr_bound_above_margin": "the upper bound on TPR at the operating FPR reaches the margin",
+    "tpr_bound_above_margin": "the upper bound of TPR_U − TPR_ref reaches the margin",
+    "leaking_samples_flagged": "forget samples are flagged as leaking that no reference flags",
     "diagnostics": "diagnostics were raised",
 }
 
 
-def sample_size_check(n_forget: int, n_heldout: int, rule: VerdictRule) -> SampleSizeCheck:
-    """Can a PASS be reached at all with |F| and |H|? Run before training any reference.
+def _poisson_sf(n: int, mean: float) -> float:
+    """P(X ≥ n) for X ~ Poisson(mean), summed term by term (n is a small count)."""
+    if n <= 0:
+        return 1.0
+    term, below = math.exp(-mean), 0.0
+    for i in range(n):
+        below += term
+        term *= mean / (i + 1)
+    return max(0.0, 1.0 - below)
 
-    A PASS needs (a) the AUC interval inside ±δ: even at AUC = 0.5 its null 95% half-width
-    1.96·√((n_F+n_H+1)/(12·n_F·n_H)) (Mann-Whitney variance) must be below δ; (b) the
-    Clopper-Pearson upper bound on TPR below the margin when F is detected at exactly the
-    FPR, the best a retrained model can be expected to do; (c) at least 10 held-out samples in
-    the FPR tail. Calibration at the defaults: |F| = 100 fails (b) (bound 5.4% ≥ 3%), |F| = 1,000
-    with |H| = 10,000 passes (bound 1.8%, half-width 0.018). A failure is blamed on F when it
-    persists with unlimited H, on H when it persists with unlimited F, else on the smaller set.
 
-    Returns:
-        :class:`SampleSizeCheck` with ``reasons`` empty exactly when ``pass_reachable``.
+def _poisson_upper(total: int, models: int, *, level: float = 0.95) -> float:
+    """One-sided upper confidence bound on the per-model Poisson rate of flagged samples.
+
+    Solves P(Poisson(models·λ) ≤ total) = 1 − level by bisection (Garwood 1936); with no flags
+    over K = 4 controls it is 3.0/4 = 0.75, so a target needs 5 unexplained flagged IDs before
+    they alone make a FAIL-LEAK at α/2 = 0.005 (flagged IDs always block a PASS).
     """
-    if n_forget < 1 or n_heldout < 1:
-        raise ValueError(f"sample sizes must be positive, got {n_forget} and {n_heldout}")
-    z = normal_quantile(0.975)
-    half_width = z * math.sqrt((n_forget + n_heldout + 1) / (12.0 * n_forget * n_heldout))
-    expected = math.floor(rule.fpr * n_forget + 0.5)
-    _, tpr_upper = clopper_pearson(expected, n_forget)
-    forget_short = tpr_upper >= rule.tpr_margin or z / math.sqrt(12.0 * n_forget) >= rule.delta_auc
-    heldout_short = (
-        n_heldout * rule.fpr < RESOLVABLE_TAIL - 1e-9
-        or z / math.sqrt(12.0 * n_heldout) >= rule.delta_auc
-    )
-    if half_width >= rule.delta_auc and not (forget_short or heldout_short):
-        forget_short, heldout_short = n_forget <= n_heldout, n_forget > n_heldout
-    reasons = []
-    if forget_short:
-        reasons.append("forget_set_too_small")
-    if heldout_short:
-        reasons.append("heldout_too_small")
-    return SampleSizeCheck(
-        n_forget=n_forget,
-        n_heldout=n_heldout,
-        min_detectable_auc_delta=min_detectable_auc_delta(n_forget, n_heldout, alpha=rule.alpha),
-        auc_half_width=half_width,
-        tpr_upper_bound=tpr_upper,
-        pass_reachable=not reasons,
-        reasons=tuple(reasons),
-    )
+    low, high = 0.0, 10.0 * (total + 10)
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if 1.0 - _poisson_sf(total + 1, mid) > 1.0 - level:
+            low = mid
+        else:
+            high = mid
+    return high / models
 
 
-def _rejections(metrics: AttackMetrics, side: Side, *, level: float) -> tuple[str, ...]:
-    """Codes of the tests that reject in direction ``side``, each at one-sided level α/2."""
-    auc_p = metrics.auc_p_upper if side == "upper" else metrics.auc_p_lower
-    tail = metrics.tail_upper if side == "upper" else metrics.tail_lower
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Findings:
+    """What the tests found, relative to the controls (or to exchangeability without them)."""
+
+    upper: tuple[str, ...]  # codes of the tests rejecting in the leak direction
+    lower: tuple[str, ...]  # ... in the over-forgetting direction
+    auc_gap: float  # AUC_U − AUC_ref (or − 0.5)
+    tpr_gap: float  # TPR_U − TPR_ref (or − FPR)
+    auc_ruled_out: float  # |AUC gap| the 95% interval excludes
+    tpr_ruled_out: float  # TPR excess the 95% interval excludes
+    interval_inside: bool  # AUC gap interval strictly inside ±δ
+    excess_leaking: int  # target-flagged IDs no control flags
+    leaking_p: float  # P(that many or more | the controls' flag rate, upper bound)
+
+
+def _codes(auc_p: float, tail_p: float, side: Side, level: float) -> tuple[str, ...]:
     codes = []
     if auc_p < level:
         codes.append(f"auc_test_{side}")
-    if tail.p_value < level:
+    if tail_p < level:
         codes.append(f"tail_test_{side}")
     return tuple(codes)
 
 
-def _check_inputs(target: AttackMetrics, rule: VerdictRule, sample: SampleSizeCheck) -> None:
+def _findings(
+    target: AttackMetrics,
+    comparison: ReferenceComparison | None,
+    controls: Sequence[AttackMetrics],
+    rule: VerdictRule,
+) -> _Findings:
+    level = rule.alpha / 2.0
+    flagged = set(target.leaking).difference(*(set(c.leaking) for c in controls))
+    rate = _poisson_upper(sum(len(c.leaking) for c in controls), max(len(controls), 1))
+    leaking_p = _poisson_sf(len(flagged), rate)
+    if comparison is None:
+        tpr, a = target.tpr_at(rule.fpr), target.auc
+        return _Findings(
+            upper=_codes(target.auc_p_upper, target.tail_upper.p_value, "upper", level),
+            lower=_codes(target.auc_p_lower, target.tail_lower.p_value, "lower", level),
+            auc_gap=a.value - 0.5,
+            tpr_gap=tpr.tpr - rule.fpr,
+            auc_ruled_out=max(0.5 - a.low, a.high - 0.5),
+            tpr_ruled_out=max(tpr.high - rule.fpr, 0.0),
+            interval_inside=False,
+            excess_leaking=len(flagged),
+            leaking_p=leaking_p,
+        )
+    d = comparison.auc_difference
+    return _Findings(
+        upper=_codes(comparison.auc_p_upper, comparison.tail_p_upper, "upper", level),
+        lower=_codes(comparison.auc_p_lower, comparison.tail_p_lower, "lower", level),
+        auc_gap=d.value,
+        tpr_gap=comparison.tpr_difference.value,
+        auc_ruled_out=max(-d.low, d.high),
+        tpr_ruled_out=max(comparison.tpr_difference.high, 0.0),
+        interval_inside=-rule.delta_auc < d.low <= d.high < rule.delta_auc,
+        excess_leaking=len(flagged),
+        leaking_p=leaking_p,
+    )
+
+
+def _status(
+    f: _Findings, *, rule: VerdictRule, sample: SampleSizeCheck, diagnostics: tuple[str, ...]
+) -> tuple[Status, tuple[str, ...]]:
+    """Apply the rule in order FAIL-LEAK, FAIL-OVER, PASS, INCONCLUSIVE (a leak outranks all)."""
+    margins = []
+    if f.auc_gap >= rule.delta_auc:
+        margins.append("auc_above_reference")
+    if f.tpr_gap >= rule.tpr_margin:
+        margins.append("tpr_above_reference")
+    beyond = ("leaking_samples",) if f.leaking_p < rule.alpha / 2.0 else ()
+    if f.upper and margins:
+        return "FAIL-LEAK", (*f.upper, *margins, *beyond)
+    if beyond:
+        return "FAIL-LEAK", beyond
+    if f.lower and -f.auc_gap >= rule.delta_auc:
+        return "FAIL-OVER", (*f.lower, "auc_below_reference")
+    blockers = []
+    if f.upper:
+        blockers.append("leak_below_margin")
+    if f.lower:
+        blockers.append("over_below_margin")
+    blockers.extend(sample.reasons)
+    if sample.k >= 2 and not f.interval_inside:
+        blockers.append("auc_interval_too_wide")
+    if sample.k >= 2 and f.tpr_ruled_out >= rule.tpr_margin:
+        blockers.append("tpr_bound_above_margin")
+    if f.excess_leaking:
+        blockers.append("leaking_samples_flagged")
+    if diagnostics:
+        blockers.append("diagnostics")
+    return ("INCONCLUSIVE", tuple(blockers)) if blockers else ("PASS", ())
+
+
+def _check_inputs(
+    target: AttackMetrics,
+    comparison: ReferenceComparison | None,
+    rule: VerdictRule,
+    sample: SampleSizeCheck,
+) -> None:
     problems = []
     for tail in (target.tail_upper, target.tail_lower):
         if not math.isclose(tail.fpr, rule.fpr, rel_tol=1e-9):
             problems.append(f"{tail.side} tail test at FPR {tail.fpr:g}, rule says {rule.fpr:g}")
     if (sample.n_forget, sample.n_heldout) != (target.n_forget, target.n_heldout):
         problems.append("sample-size check was made for other sample sizes than the target's")
+    if comparison is not None and not math.isclose(comparison.fpr, rule.fpr, rel_tol=1e-9):
+        problems.append(f"comparison at FPR {comparison.fpr:g}, rule says {rule.fpr:g}")
+    if (comparison is not None) != (sample.k >= 2):
+        problems.append(
+            f"negative controls {'given' if comparison else 'missing'} with K={sample.k}"
+        )
     if problems:
         raise ValueError("inconsistent audit inputs: " + "; ".join(problems))
 
 
-def _interval_blockers(auc_diff: Estimate | None, rule: VerdictRule) -> tuple[str, ...]:
-    """A PASS needs the whole interval of AUC_U − AUC_ref strictly inside (−δ, δ)."""
-    if auc_diff is None:
-        return ("no_auc_interval",)
-    inside = -rule.delta_auc < auc_diff.low <= auc_diff.high < rule.delta_auc
-    return () if inside else ("auc_interval_too_wide",)
-
-
-def _pass_blockers(
-    *,
-    target: AttackMetrics,
-    references: Sequence[AttackMetrics] | None,
-    auc_diff: Estimate | None,
-    rule: VerdictRule,
-    sample: SampleSizeCheck,
-    diagnostics: tuple[str, ...],
-) -> tuple[str, ...]:
-    """Reason codes that keep a non-FAIL result from being a PASS, in a fixed order."""
-    level = rule.alpha / 2.0
-    reasons = []
-    if _rejections(target, "upper", level=level):
-        reasons.append("leak_below_margin")
-    if _rejections(target, "lower", level=level):
-        reasons.append("over_below_margin")
-    if not references:
-        reasons.append("no_references")
-    reasons.extend(sample.reasons)
-    if references:
-        reasons.extend(_interval_blockers(auc_diff, rule))
-    if target.tpr_at(rule.fpr).high >= rule.tpr_margin:
-        reasons.append("tpr_bound_above_margin")
-    if diagnostics:
-        reasons.append("diagnostics")
-    return tuple(reasons)
-
-
-def _status(
-    target: AttackMetrics, *, auc_ref: float, rule: VerdictRule, blockers: tuple[str, ...]
-) -> tuple[Status, tuple[str, ...]]:
-    """Apply the rule in order FAIL-LEAK, FAIL-OVER, PASS, INCONCLUSIVE (a leak outranks all)."""
-    level, gap = rule.alpha / 2.0, target.auc.value - auc_ref
-    upper, lower = (
-        _rejections(target, "upper", level=level),
-        _rejections(target, "lower", level=level),
-    )
-    leak_margins = []
-    if gap >= rule.delta_auc:
-        leak_margins.append("auc_above_reference")
-    if target.tpr_at(rule.fpr).tpr >= rule.tpr_margin:
-        leak_margins.append("tpr_above_margin")
-    if upper and leak_margins:
-        return "FAIL-LEAK", (*upper, *leak_margins)
-    if lower and -gap >= rule.delta_auc:
-        return "FAIL-OVER", (*lower, "auc_below_reference")
-    return ("INCONCLUSIVE", blockers) if blockers else ("PASS", ())
-
-
-def _evidence(positive_control: AttackMetrics | None, rule: VerdictRule) -> Evidence:
+def _evidence(positive_control: ReferenceComparison | None, rule: VerdictRule) -> Evidence:
     if positive_control is None:
         return "weak"
-    detected = _rejections(positive_control, "upper", level=rule.alpha / 2.0)
+    level = rule.alpha / 2.0
+    detected = positive_control.auc_p_upper < level or positive_control.tail_p_upper < level
     return "strong" if detected else "weak"
 
 
@@ -190,28 +219,42 @@ def _explain(
     reasons: tuple[str, ...],
     evidence: Evidence,
     target: AttackMetrics,
-    auc_ref: float | None,
+    comparison: ReferenceComparison | None,
+    findings: _Findings,
     rule: VerdictRule,
     sample: SampleSizeCheck,
     diagnostics: tuple[str, ...],
 ) -> str:
     """Plain-language account of the verdict, ending with what a PASS does and does not mean."""
-    tpr = target.tpr_at(rule.fpr)
-    baseline = "0.5 (no references)" if auc_ref is None else f"{auc_ref:.3f} (retrain references)"
-    lines = [
-        f"{status} under the {target.attack} attack: AUC {target.auc.value:.3f} "
-        f"[{target.auc.low:.3f}, {target.auc.high:.3f}] against a baseline of {baseline}; "
-        f"TPR {tpr.tpr:.2%} (95% upper bound {tpr.high:.2%}) at {rule.fpr:.2%} FPR."
-    ]
+    if comparison is None:
+        tpr = target.tpr_at(rule.fpr)
+        head = (
+            f"AUC {target.auc.value:.3f} [{target.auc.low:.3f}, {target.auc.high:.3f}] against "
+            f"0.5 (no negative controls); TPR {tpr.tpr:.2%} (95% upper bound {tpr.high:.2%}) "
+            f"at {rule.fpr:.2%} FPR."
+        )
+    else:
+        d, t = comparison.auc_difference, comparison.tpr_difference
+        head = (
+            f"AUC_U − AUC_ref {d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}] (AUC_ref "
+            f"{comparison.auc_reference:.3f} from K={comparison.k} negative controls); TPR excess "
+            f"at {rule.fpr:.2%} FPR {t.value:+.2%} [{t.low:+.2%}, {t.high:+.2%}] over the "
+            f"references' {comparison.tpr_reference:.2%}."
+        )
+    lines = [f"{status} under the {target.attack} attack: {head}"]
     if reasons:
         prefix = "Not a PASS because " if status == "INCONCLUSIVE" else "Because "
         lines.append(prefix + "; ".join(REASON_TEXT[r] for r in reasons) + ".")
     if diagnostics:
         lines.append("Diagnostics: " + "; ".join(diagnostics) + ".")
-    lines.append(
-        f"With |F| = {sample.n_forget} and |H| = {sample.n_heldout} the AUC test detects "
-        f"|AUC − 0.5| ≥ {sample.min_detectable_auc_delta:.3f} with 80% power."
-    )
+    if status == "INCONCLUSIVE":
+        lines.append(
+            f"No leak beyond the margins was found; this run rules out |AUC_U − AUC_ref| ≥ "
+            f"{findings.auc_ruled_out:.3f} and a TPR excess ≥ {findings.tpr_ruled_out:.1%} "
+            f"(a PASS needs < {rule.delta_auc:g} and < {rule.tpr_margin:.0%})."
+        )
+    if sample.advice:
+        lines.append(sample.advice[0].upper() + sample.advice[1:] + ".")
     if evidence == "strong":
         lines.append("The attack detects F in the original model, so it could have seen a leak.")
     elif evidence == "weak":
@@ -221,7 +264,8 @@ def _explain(
         )
     lines.append(
         f"A PASS is evidence against the {target.attack} attack at {rule.fpr:.2%} FPR "
-        f"(margins ±{rule.delta_auc:g} AUC, {rule.tpr_margin:.0%} TPR), not proof of erasure."
+        f"(margins ±{rule.delta_auc:g} AUC, {rule.tpr_margin:.0%} TPR over the references), "
+        "not proof of erasure."
     )
     return " ".join(lines)
 
@@ -229,52 +273,45 @@ def _explain(
 def decide(
     *,
     target: AttackMetrics,
-    references: Sequence[AttackMetrics] | None,
-    positive_control: AttackMetrics | None,
-    auc_diff: Estimate | None,
+    comparison: ReferenceComparison | None,
+    controls: Sequence[AttackMetrics] = (),
+    positive_control: ReferenceComparison | None = None,
     rule: VerdictRule,
     sample: SampleSizeCheck,
     diagnostics: tuple[str, ...] = (),
 ) -> Verdict:
-    """Apply the pre-registered rule to the audited model's metrics (audit.md, "Verdict").
+    """Apply the pre-registered rule (audit.md, "Verdict", revised: relative to the references).
 
     Args:
-        target: metrics of the audited model θ_U, with a TPR entry and tail tests at ``rule.fpr``.
-        references: metrics of each reference model audited against the other K−1 (negative
-            controls); AUC_ref is the mean of their AUCs, 0.5 when None or empty.
-        positive_control: metrics of the original model θ_O, or None; only qualifies a PASS.
-        auc_diff: interval of AUC_U − AUC_ref from
-            :func:`unforget.audit.metrics.auc_difference_interval`; needed for a PASS.
-        rule: margins and level. sample: :func:`sample_size_check` for the target's sizes.
+        target: metrics of the audited model θ_U (its BH-flagged IDs and, without negative
+            controls, its tests against exchangeability), at ``rule.fpr``.
+        comparison: θ_U against the negative controls from
+            :func:`unforget.audit.comparison.compare_with_references`; None when K < 2.
+        controls: each reference's own metrics audited against the other K−1 (their flagged
+            IDs say which samples look "leaking" under a retrain too).
+        positive_control: the original model θ_O compared with the same controls, or None; it
+            only qualifies a PASS as strong or weak evidence.
+        rule: margins and level.
+        sample: :func:`unforget.audit.power.sample_size_check` for these |F|, |H| and K.
         diagnostics: problems found upstream (e.g. recipe mismatch); any blocks a PASS.
 
     Returns:
-        :class:`Verdict` with status, exit code, reason codes and explanation.
+        :class:`Verdict` with status, exit code, reason codes, effects ruled out, explanation.
 
     Raises:
-        ValueError: if the metrics were computed at another FPR or sample sizes than the rule
-            and sample check state.
+        ValueError: if the inputs were computed at another FPR, sample sizes or K than stated.
     """
-    _check_inputs(target, rule, sample)
-    auc_ref = sum(r.auc.value for r in references) / len(references) if references else None
-    blockers = _pass_blockers(
-        target=target,
-        references=references,
-        auc_diff=auc_diff,
-        rule=rule,
-        sample=sample,
-        diagnostics=diagnostics,
-    )
-    status, reasons = _status(
-        target, auc_ref=0.5 if auc_ref is None else auc_ref, rule=rule, blockers=blockers
-    )
+    _check_inputs(target, comparison, rule, sample)
+    findings = _findings(target, comparison, controls, rule)
+    status, reasons = _status(findings, rule=rule, sample=sample, diagnostics=diagnostics)
     evidence: Evidence = _evidence(positive_control, rule) if status == "PASS" else "none"
     explanation = _explain(
         status=status,
         reasons=reasons,
         evidence=evidence,
         target=target,
-        auc_ref=auc_ref,
+        comparison=comparison,
+        findings=findings,
         rule=rule,
         sample=sample,
         diagnostics=diagnostics,
@@ -286,4 +323,6 @@ def decide(
         evidence=evidence,
         min_detectable_auc=sample.min_detectable_auc_delta,
         explanation=explanation,
+        auc_ruled_out=findings.auc_ruled_out,
+        tpr_ruled_out=findings.tpr_ruled_out,
     )

@@ -26,6 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout only.")]
@@ -44,10 +45,37 @@ LedgerKeyFile = Annotated[
         "~/.config/unforget/ledger.key, created by the first deletion).",
     ),
 ]
-Sets = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override an option, key=value (repeatable)."),
+SET_HELP = (
+    "KEY=VALUE, repeatable. Keys under model., data. or recipe. override the run spec "
+    "(e.g. data.input_columns=text); in apply any other key (or method.KEY) sets an option "
+    "of the method (see `unforget methods`)."
+)
+Sets = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)]
+CkptArg = Annotated[
+    Path | None,
+    typer.Argument(metavar="[CKPT]", help="Checkpoint; same as --ckpt (kept for older scripts)."),
 ]
+SPEC_SECTIONS = ("model.", "data.", "recipe.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from unforget import __version__
+
+        sys.stdout.write(f"unforget {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Make a trained PyTorch model forget chosen training samples, audit it, keep a record."""
 
 
 def _console() -> Any:
@@ -100,12 +128,48 @@ def _precision(device: str, amp: bool = True) -> Any:
 
 
 def _flags(sets: list[str] | None, **named: Any) -> dict[str, Any]:
-    """Dotted spec overrides from named flags and ``--set``; ``None`` means not given."""
+    """Dotted spec overrides from named flags and ``--set``; ``None`` means not given.
+
+    Raises:
+        InputError: a ``--set`` key that is not a run-spec key (commands without a method).
+    """
+    spec, method = _split_sets(sets)
+    if method:
+        from unforget.errors import InputError
+
+        raise InputError(
+            f"--set {', '.join(sorted(method))}: not a run-spec key; use "
+            "model.KEY, data.KEY or recipe.KEY (method options only exist in apply)"
+        )
+    out = {k: v for k, v in named.items() if v is not None}
+    out.update(spec)
+    return out
+
+
+def _split_sets(sets: list[str] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """``--set`` items as (run-spec overrides, method options): the one meaning of ``--set``."""
     from unforget.config.options import parse_assignments
 
-    out = {k: v for k, v in named.items() if v is not None}
-    out.update(parse_assignments(sets or []))
-    return out
+    spec: dict[str, str] = {}
+    method: dict[str, str] = {}
+    for key, value in parse_assignments(sets or []).items():
+        if key.startswith(SPEC_SECTIONS):
+            spec[key] = value
+        else:
+            method[key.removeprefix("method.")] = value
+    return spec, method
+
+
+def _one_ckpt(positional: Path | None, option: Path | None) -> Path:
+    """The checkpoint given as ``--ckpt`` or positionally (one of them, or both the same)."""
+    from unforget.errors import InputError
+
+    if positional is not None and option is not None and positional != option:
+        raise InputError(f"two checkpoints given ({positional} and --ckpt {option}); give one")
+    ckpt = option or positional
+    if ckpt is None:
+        raise InputError("no checkpoint given: pass --ckpt PATH")
+    return ckpt
 
 
 @app.command(
@@ -208,10 +272,12 @@ def report_json(report: Any) -> dict[str, Any]:
 
 @app.command(
     name="inspect",
-    epilog="Example:\n\n  unforget inspect model.unlearned.safetensors --check-ids ids.txt --json",
+    epilog="Example:\n\n  unforget inspect --ckpt model.unlearned.safetensors"
+    " --check-ids ids.txt --json",
 )
 def inspect_cmd(
-    ckpt: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors).")],
+    ckpt_arg: CkptArg = None,
+    ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint (.safetensors).")] = None,
     check_ids: Annotated[
         Path | None,
         typer.Option("--check-ids", help="Manifest: which of its IDs the ledger covers."),
@@ -227,6 +293,7 @@ def inspect_cmd(
     from unforget.io.manifest import read_manifest
     from unforget.workflows.inspect import summarise
 
+    ckpt = _one_ckpt(ckpt_arg, ckpt)
     with using_key_file(ledger_key):
         summary = summarise(ckpt, check=read_manifest(check_ids) if check_ids else None)
     if as_json:
@@ -237,16 +304,19 @@ def inspect_cmd(
 
 @app.command(
     name="export-hf",
-    epilog="Example:\n\n  unforget export-hf model.unlearned.safetensors --out minilm-unlearned/",
+    epilog="Example:\n\n  unforget export-hf --ckpt model.unlearned.safetensors"
+    " --out minilm-unlearned/",
 )
 def export_hf(
-    ckpt: Annotated[
-        Path, typer.Argument(help="Checkpoint of unforget.models.hf:sequence_classifier.")
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
+    ckpt_arg: CkptArg = None,
     base: Annotated[
         Path | None,
         typer.Option("--base", help="Pretrained model directory (default: the one in the spec)."),
+    ] = None,
+    ckpt: Annotated[
+        Path | None,
+        typer.Option("--ckpt", help="Checkpoint of unforget.models.hf:sequence_classifier."),
     ] = None,
     force: Force = False,
     as_json: Json = False,
@@ -256,6 +326,7 @@ def export_hf(
     """Write a HuggingFace model directory (config, tokenizer, weights) from a checkpoint."""
     from unforget.workflows.export_hf import export_model_dir
 
+    ckpt = _one_ckpt(ckpt_arg, ckpt)
     done = export_model_dir(ckpt, out, base=base, force=force)
     if as_json:
         _emit_json(
@@ -276,7 +347,14 @@ def export_hf(
     "\n\n  unforget apply --ckpt model.safetensors --forget ids.txt --set lr=3e-4",
 )
 def apply(
-    ckpt: Annotated[Path, typer.Option("--ckpt", help="Input checkpoint (never modified).")],
+    ckpt: Annotated[
+        Path,
+        typer.Option(
+            "--ckpt",
+            help="Input checkpoint (never modified): a .safetensors file or a HuggingFace "
+            "model directory (save_pretrained output).",
+        ),
+    ],
     forget: Annotated[
         Path,
         typer.Option(
@@ -289,7 +367,10 @@ def apply(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", help="Output checkpoint (default: <stem>.unlearned.safetensors)."
+            "--out",
+            "-o",
+            help="Output checkpoint (default: <stem>.unlearned.safetensors; for a model "
+            "directory DIR: DIR.unlearned/, again a model directory).",
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for shuffling and sampling.")] = 0,
@@ -325,21 +406,21 @@ def apply(
 ) -> int:
     """Unlearn the manifest's IDs; write a new checkpoint and a receipt beside it."""
     from unforget.cli.render import print_apply
-    from unforget.config.options import parse_assignments
     from unforget.methods.base import GuardConfig
     from unforget.workflows.unlearn import ApplyRequest
     from unforget.workflows.unlearn import apply as run_apply
 
+    spec_sets, options = _split_sets(sets)
     request = ApplyRequest(
         ckpt=ckpt,
         manifest=forget,
         method=method,
-        options=parse_assignments(sets or []),
+        options=options,
         out=out,
         seed=seed,
         force=force,
         config=config,
-        flags=_flags(None, **{"data.path": data, "model.name": model}),
+        flags={**_flags(None, **{"data.path": data, "model.name": model}), **spec_sets},
         accept_data_change=accept_data_change,
         guard=GuardConfig(max_retain_drop=max_retain_drop),
     )
@@ -348,19 +429,27 @@ def apply(
     with _progress(not quiet and not as_json) as tick, using_key_file(ledger_key):
         result = run_apply(request, precision=_precision(device), on_progress=tick)
     if as_json:
-        _emit_json(
-            result.receipt.as_dict()
-            if result.receipt
-            else {
-                "schema": "unforget.receipt/1",
-                "already_applied": result.already_applied,
-                "output_path": None,
-            }
-        )
+        _emit_json(apply_json(result))
     elif not quiet:
         print_apply(_console(), result)
     _key_notice(result.ledger_key_created, quiet=quiet or as_json)
-    return 0
+    return 0  # also for a re-sent request: its IDs are already covered (JSON: already_applied)
+
+
+def apply_json(result: Any) -> dict[str, Any]:
+    """The receipt plus ``already_applied`` (bool) and the forget-vs-held-out assessment."""
+    if result.receipt is None:
+        return {
+            "schema": "unforget.receipt/1",
+            "already_applied": True,
+            "already_applied_by": result.already_applied,
+            "output_path": None,
+        }
+    return {
+        **result.receipt.as_dict(),
+        "already_applied": False,
+        "assessment": result.assessment.as_dict() if result.assessment else None,
+    }
 
 
 def _key_notice(created: Path | None, *, quiet: bool) -> None:
@@ -380,7 +469,13 @@ def _key_notice(created: Path | None, *, quiet: bool) -> None:
     "m.safetensors --refs 4 --json --csv scores.csv --plot roc.png",
 )
 def audit(
-    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint to audit.")],
+    ckpt: Annotated[
+        Path,
+        typer.Option(
+            "--ckpt",
+            help="Checkpoint to audit: a .safetensors file or a HuggingFace model directory.",
+        ),
+    ],
     forget: Annotated[Path, typer.Option("--forget", help="Manifest of the forgotten IDs.")],
     original: Annotated[
         Path | None,
@@ -414,8 +509,19 @@ def audit(
         typer.Option("--cache-dir", help="Reference model cache (default ~/.cache/unforget)."),
     ] = None,
     config: Config = None,
+    sets: Sets = None,
     data: Annotated[str | None, typer.Option("--data", help="Data folder override.")] = None,
-    accept_data_change: Annotated[bool, typer.Option("--accept-data-change")] = False,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Architecture (needed to run plugin model code).")
+    ] = None,
+    accept_data_change: Annotated[
+        bool,
+        typer.Option(
+            "--accept-data-change",
+            help="Proceed although the training data's fingerprint differs from the one the "
+            "model was trained on.",
+        ),
+    ] = False,
     ledger_key: LedgerKeyFile = None,
     device: Device = "auto",
     as_json: Json = False,
@@ -443,15 +549,6 @@ def audit(
     from unforget.io.paths import check_audit_paths
     from unforget.workflows.workspace import data_folder_of
 
-    check_audit_paths(
-        ckpt=ckpt,
-        manifest=forget,
-        original=original,
-        retrained=tuple(retrained or ()),
-        config=config,
-        data=data_folder_of(ckpt, config=config, flags=_flags(None, **{"data.path": data})),
-        outputs={"--csv": csv_path, "--plot": plot},
-    )
     request = AuditRequest(
         ckpt=ckpt,
         manifest=forget,
@@ -462,9 +559,18 @@ def audit(
         seed=seed,
         rule=rule,
         config=config,
-        flags=_flags(None, **{"data.path": data}),
+        flags=_flags(sets, **{"data.path": data, "model.name": model}),
         cache_dir=cache_dir,
         accept_data_change=accept_data_change,
+    )
+    check_audit_paths(
+        ckpt=ckpt,
+        manifest=forget,
+        original=original,
+        retrained=tuple(retrained or ()),
+        config=config,
+        data=data_folder_of(ckpt, config=config, flags=request.flags),
+        outputs={"--csv": csv_path, "--plot": plot},
     )
     console = _console()
     notice = (lambda text: None) if quiet or as_json else (lambda text: console.print(text))
@@ -486,6 +592,7 @@ def audit(
 @app.command(epilog="Example:\n\n  unforget methods --json")
 def methods(
     as_json: Json = False,
+    quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """List unlearning methods with the data each needs and their options."""
@@ -507,7 +614,7 @@ def methods(
         )
     if as_json:
         _emit_json({"schema": "unforget.methods/1", "methods": rows})
-    else:
+    elif not quiet:
         print_methods(_console(), rows)
 
 
@@ -520,7 +627,9 @@ def bench(
     data: Annotated[
         str,
         typer.Option(
-            "--data", help="fashion-mnist (Debian package), sample, text, or a data folder."
+            "--data",
+            help="fashion-mnist (Debian package), sample, text (both only in a source "
+            "checkout), or a data folder; with --quick it replaces the shipped sample.",
         ),
     ] = "fashion-mnist",
     forget: Annotated[
@@ -556,7 +665,7 @@ def bench(
     if seeds < 1:
         raise InputError("--seeds must be >= 1")
     config = (
-        quick_config(out)
+        quick_config(out, data="sample" if data == "fashion-mnist" else data)
         if quick
         else BenchConfig(
             data=data,

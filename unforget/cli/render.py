@@ -87,7 +87,7 @@ def print_apply(console: Any, result: Any) -> None:
             _pct(snap.heldout.accuracy),
         )
     console.print(
-        f"{r.provenance.method}: {r.provenance.manifest_count} samples forgotten in "
+        f"{r.provenance.method}: ran on {r.provenance.manifest_count} forget samples in "
         f"{r.seconds:.1f}s ({r.steps} steps, stopped: {r.stop_reason})"
     )
     console.print(table)
@@ -101,11 +101,42 @@ def print_apply(console: Any, result: Any) -> None:
         )
     console.print(f"wrote {result.out} (sha256 {r.output_sha256[:16]})")
     console.print(f"receipt {result.receipt_path}")
+    if result.assessment is not None:
+        for line in assessment_lines(result.assessment):
+            console.print(line, markup=False)
+
+
+def assessment_lines(a: Any) -> list[str]:
+    """One plain line on whether the forget set now looks like unseen data, then warnings."""
+    numbers = (
+        f"forget accuracy {_pct(a.forget_accuracy)} vs held-out {_pct(a.unseen_accuracy)} "
+        f"(alike within ±{100 * a.tolerance:.1f} points)"
+    )
+    lines = {
+        "like_unseen": f"The forget set now looks like unseen data: {numbers}.",
+        "remembered": f"WARNING: the forget set still looks like training data: {numbers}. "
+        "The model has not forgotten it yet; re-run apply on the original checkpoint with a "
+        "stronger setting (e.g. --method nabla-tau, or --method retrain for exact retraining).",
+        "over_forgotten": f"WARNING: the forget set now looks less familiar than unseen data: "
+        f"{numbers}. Such over-forgetting is itself detectable (audit FAIL-OVER); re-run "
+        "apply on the original checkpoint with a gentler setting (e.g. a lower --set lr=...).",
+    }
+    out = [lines[a.state]]
+    if a.collapsed:
+        out.append(
+            f"WARNING: held-out accuracy fell from {_pct(a.heldout_before)} to "
+            f"{_pct(a.heldout_after)}: the model lost more than the forget set; do not deploy "
+            "it, re-run apply with a gentler setting or --method retrain."
+        )
+    return out
 
 
 def print_methods(console: Any, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         console.print(f"[bold]{row['name']}[/bold]  {row['summary']}")
         console.print(f"  needs: {', '.join(row['needs'])}; paper: {row['paper']}")
-        options = ", ".join(f"{o['name']}={o['default']}" for o in row["options"])
-        console.print(f"  options: {options}")
+        if row["options"]:
+            console.print("  options (--set KEY=VALUE):")
+        for o in row["options"]:
+            help_text = f"  {o['help']}" if o["help"] else ""
+            console.print(f"    {o['name']}={o['default']}{help_text}", markup=False)

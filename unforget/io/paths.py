@@ -33,6 +33,7 @@ class IOPlan:
     inputs: Mapping[str, Path] = field(default_factory=dict)
     outputs: Mapping[str, Path] = field(default_factory=dict)
     folders: Mapping[str, Path] = field(default_factory=dict)
+    directories: frozenset[str] = frozenset()  # names that may be folders (model directories)
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -92,9 +93,10 @@ def _reads_as_data(path: Path) -> bool:
     return path.suffix.lower() in DATA_SUFFIXES and not path.name.endswith(".receipt.json")
 
 
-def output_problem(path: Path, *, what: str) -> str | None:
-    """Why ``path`` cannot be written as a file, or None: a directory, or an unwritable folder."""
-    if path.is_dir():
+def output_problem(path: Path, *, what: str, directory: bool = False) -> str | None:
+    """Why ``path`` cannot be written as a file (or a folder with ``directory``), or None: a
+    directory where a file is meant, or an unwritable folder."""
+    if path.is_dir() and not directory:
         return f"{what} {path} is a directory; name a file"
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
@@ -111,10 +113,15 @@ def output_problem(path: Path, *, what: str) -> str | None:
     return None
 
 
-def input_problem(path: Path, *, what: str, folder: bool = False) -> str | None:
-    """Why ``path`` cannot be read as a file (or a folder with ``folder``), or None."""
+def input_problem(
+    path: Path, *, what: str, folder: bool = False, either: bool = False
+) -> str | None:
+    """Why ``path`` cannot be read as a file (or a folder with ``folder``, or both with
+    ``either``), or None."""
     if not path.exists():
         return f"{what} {path} does not exist"
+    if either:
+        return None
     if folder and not path.is_dir():
         return f"{what} {path} is a file; name a folder"
     if not folder and path.is_dir():
@@ -141,11 +148,15 @@ def check_plan(
     bad = input_clashes(plan)
     problems = list(bad.values())
     for name in must_exist:
-        problem = input_problem(plan.inputs[name], what=name)
+        problem = input_problem(plan.inputs[name], what=name, either=name in plan.directories)
         if problem:
             problems.append(problem)
     for name, out in plan.outputs.items():
-        problem = None if name in bad else output_problem(out, what=name)
+        problem = (
+            None
+            if name in bad
+            else output_problem(out, what=name, directory=name in plan.directories)
+        )
         if problem:
             bad[name] = problem
             problems.append(problem)

@@ -56,7 +56,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
@@ -84,21 +84,49 @@ from unforget.runtime.progress import Tick
 class LtuConfig:
     """Options of ``ltu`` (``--set key=value``)."""
 
-    lr: float | None = None  # SGD lr of the meta-update; None: calibrated, see below
-    relative_step: float = 0.002  # calibrated lr: first update moves θ by this share of ‖θ‖
-    lr_scale: float = 1.0  # ... and never exceeds lr_scale / λ_max(∇²(L_mem + λ·L_rem))
-    inner_lr: float | None = None  # α of the virtual step; None: inner_scale / λ_max
-    inner_scale: float = 0.1  # calibrated α as a share of the inner problem's 1/λ_max
-    power_iterations: int = 10  # Hessian-vector products to estimate λ_max
-    remember: Literal["kl", "ce"] = "kl"  # remembering loss on R̂: KL to the original model, CE
-    remember_weight: float = 1.0  # λ: weight of the remembering loss at θ'
-    retain_fraction: float = 0.1  # share of R in the small retain subset R̂
-    retain_cap: int = 5000  # rows: upper bound on |R̂|
-    huber_delta: float = 1.0  # logits: Huber threshold of the margin matching
-    first_order: bool = False  # drop second-order terms through θ' (cheaper, approximate)
-    budget: float = 1.0  # forget epochs = ⌊budget·|R|/|F|⌋, capped by max_epochs
-    max_epochs: int = 30
-    max_reference_drop: float = 0.03  # stop if reference accuracy falls this far below start
+    lr: float | None = field(
+        default=None, metadata={"help": "SGD lr of the meta-update; None: calibrated, see below"}
+    )
+    relative_step: float = field(
+        default=0.002, metadata={"help": "calibrated lr: first update moves θ by this share of ‖θ‖"}
+    )
+    lr_scale: float = field(
+        default=1.0,
+        metadata={"help": "calibrated lr never exceeds lr_scale / λ_max(∇²(L_mem + λ·L_rem))"},
+    )
+    inner_lr: float | None = field(
+        default=None, metadata={"help": "α of the virtual step; None: inner_scale / λ_max"}
+    )
+    inner_scale: float = field(
+        default=0.1, metadata={"help": "calibrated α as a share of the inner problem's 1/λ_max"}
+    )
+    power_iterations: int = field(
+        default=10, metadata={"help": "Hessian-vector products to estimate λ_max"}
+    )
+    remember: Literal["kl", "ce"] = field(
+        default="kl", metadata={"help": "remembering loss on R̂: KL to the original model, CE"}
+    )
+    remember_weight: float = field(
+        default=1.0, metadata={"help": "λ: weight of the remembering loss at θ'"}
+    )
+    retain_fraction: float = field(
+        default=0.1, metadata={"help": "share of R in the small retain subset R̂"}
+    )
+    retain_cap: int = field(default=5000, metadata={"help": "rows: upper bound on |R̂|"})
+    huber_delta: float = field(
+        default=1.0, metadata={"help": "logits: Huber threshold of the margin matching"}
+    )
+    first_order: bool = field(
+        default=False,
+        metadata={"help": "drop second-order terms through θ' (cheaper, approximate)"},
+    )
+    budget: float = field(
+        default=1.0, metadata={"help": "forget epochs = ⌊budget·|R|/|F|⌋, capped by max_epochs"}
+    )
+    max_epochs: int = field(default=30, metadata={"help": "cap on forget epochs"})
+    max_reference_drop: float = field(
+        default=0.03, metadata={"help": "stop if reference accuracy falls this far below start"}
+    )
 
     def __post_init__(self) -> None:
         problems = []

@@ -44,7 +44,7 @@ Choices where the paper leaves them open, and why:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -72,18 +72,43 @@ from unforget.runtime.progress import Tick
 class LurConfig:
     """Options of ``lur`` (``--set key=value``)."""
 
-    lr: float | None = None  # SGD lr of the outer update; None: calibrated by relative_step
-    relative_step: float = 0.002  # calibrated lr: first update moves θ by this share of ‖θ‖
-    lr_scale: float = 1.0  # ... and never exceeds lr_scale / λ_max(∇²(L_F + λ·L_R))
-    inner_lr: float | None = None  # η_in of the look-ahead; None: inner_scale / λ_max
-    inner_scale: float = 0.1  # calibrated η_in as a share of 1/λ_max
-    retain_weight: float = 1.0  # λ: weight of the retention loss at θ'
-    power_iterations: int = 10  # Hessian-vector products to estimate λ_max
-    fixed_labels: bool = True  # one wrong label per forget row (else re-drawn every step)
-    first_order: bool = False  # detach the look-ahead gradient (cheaper, drops the regulariser)
-    budget: float = 1.0  # forget epochs = ⌊budget·|R|/|F|⌋, capped by max_epochs
-    max_epochs: int = 30
-    max_reference_drop: float = 0.03  # stop if reference accuracy falls this far below start
+    lr: float | None = field(
+        default=None,
+        metadata={"help": "SGD lr of the outer update; None: calibrated by relative_step"},
+    )
+    relative_step: float = field(
+        default=0.002, metadata={"help": "calibrated lr: first update moves θ by this share of ‖θ‖"}
+    )
+    lr_scale: float = field(
+        default=1.0,
+        metadata={"help": "calibrated lr never exceeds lr_scale / λ_max(∇²(L_F + λ·L_R))"},
+    )
+    inner_lr: float | None = field(
+        default=None, metadata={"help": "η_in of the look-ahead; None: inner_scale / λ_max"}
+    )
+    inner_scale: float = field(
+        default=0.1, metadata={"help": "calibrated η_in as a share of 1/λ_max"}
+    )
+    retain_weight: float = field(
+        default=1.0, metadata={"help": "λ: weight of the retention loss at θ'"}
+    )
+    power_iterations: int = field(
+        default=10, metadata={"help": "Hessian-vector products to estimate λ_max"}
+    )
+    fixed_labels: bool = field(
+        default=True, metadata={"help": "one wrong label per forget row (else re-drawn every step)"}
+    )
+    first_order: bool = field(
+        default=False,
+        metadata={"help": "detach the look-ahead gradient (cheaper, drops the regulariser)"},
+    )
+    budget: float = field(
+        default=1.0, metadata={"help": "forget epochs = ⌊budget·|R|/|F|⌋, capped by max_epochs"}
+    )
+    max_epochs: int = field(default=30, metadata={"help": "cap on forget epochs"})
+    max_reference_drop: float = field(
+        default=0.03, metadata={"help": "stop if reference accuracy falls this far below start"}
+    )
 
     def __post_init__(self) -> None:
         problems = []

@@ -65,24 +65,66 @@ from unforget.training.evaluate import predict
 class Config:
     """Options of ``nabla-tau``; every default is derived from the data, none needs tuning."""
 
-    lr: float = 1e-3  # AdamW base learning rate (3e-4 suits a pretrained text model)
-    lr_end: float = 0.1  # final lr as a fraction of ``lr`` (linear decay)
-    warmup_fraction: float = 0.1  # linear lr warm-up over this share of the plan
-    alpha0: float | None = None  # None: (5/3)·p_F clamped to [alpha_min, alpha_max]
-    alpha_min: float = 0.3  # the paper's α₀ is 0.017 at 1% forgetting: too weak to forget
-    alpha_max: float = 0.5
-    max_forget_epochs: int = 80  # cap on the paper's ⌊6·|R-batches| / (2·|F-batches|)⌋
-    retain_epochs: float = 3.0  # planned length in retain epochs of paired steps (upper bound)
-    max_target_loss: float | None = None  # None: ln(num_classes) + 2, in nats
-    normalise: bool = True  # divide the forget term by its initial value (scale-free α)
-    power: float = 2.0  # exponent of the ReLU gap (2 = the paper's squared ReLU, 1 = hinge)
-    eval_every: int | None = None  # steps between checks; None: about 20 checks per plan
-    accuracy_tolerance: float = 0.0  # forget acc at most reference acc + this => target met
-    gap_tolerance: float = 0.02  # forget term below this share of its start => target met
-    settle_tolerance: float = 0.01  # stop only once retain/reference acc are this close to start
-    max_accuracy_drop: float = 0.05  # accuracy drop that brakes (halves lr); 2x rolls back
-    max_rollbacks: int = 4
-    early_stop: bool = True  # False: run the whole plan (the paper's fixed length)
+    lr: float = field(
+        default=1e-3,
+        metadata={"help": "AdamW base learning rate (3e-4 suits a pretrained text model)"},
+    )
+    lr_end: float = field(
+        default=0.1, metadata={"help": "final lr as a fraction of ``lr`` (linear decay)"}
+    )
+    warmup_fraction: float = field(
+        default=0.1, metadata={"help": "linear lr warm-up over this share of the plan"}
+    )
+    alpha0: float | None = field(
+        default=None,
+        metadata={"help": "forget weight α₀; None: (5/3)·p_F clamped to [alpha_min, alpha_max]"},
+    )
+    alpha_min: float = field(
+        default=0.3,
+        metadata={"help": "the paper's α₀ is 0.017 at 1% forgetting: too weak to forget"},
+    )
+    alpha_max: float = field(default=0.5, metadata={"help": "upper clamp of the default α₀"})
+    max_forget_epochs: int = field(
+        default=80, metadata={"help": "cap on the paper's ⌊6·|R-batches| / (2·|F-batches|)⌋"}
+    )
+    retain_epochs: float = field(
+        default=3.0,
+        metadata={"help": "planned length in retain epochs of paired steps (upper bound)"},
+    )
+    max_target_loss: float | None = field(
+        default=None,
+        metadata={"help": "cap on per-sample target loss; None: ln(num_classes) + 2, in nats"},
+    )
+    normalise: bool = field(
+        default=True,
+        metadata={"help": "divide the forget term by its initial value (scale-free α)"},
+    )
+    power: float = field(
+        default=2.0,
+        metadata={"help": "exponent of the ReLU gap (2 = the paper's squared ReLU, 1 = hinge)"},
+    )
+    eval_every: int | None = field(
+        default=None, metadata={"help": "steps between checks; None: about 20 checks per plan"}
+    )
+    accuracy_tolerance: float = field(
+        default=0.0, metadata={"help": "forget acc at most reference acc + this => target met"}
+    )
+    gap_tolerance: float = field(
+        default=0.02, metadata={"help": "forget term below this share of its start => target met"}
+    )
+    settle_tolerance: float = field(
+        default=0.01,
+        metadata={"help": "stop only once retain/reference acc are this close to start"},
+    )
+    max_accuracy_drop: float = field(
+        default=0.05, metadata={"help": "accuracy drop that brakes (halves lr); 2x rolls back"}
+    )
+    max_rollbacks: int = field(
+        default=4, metadata={"help": "restores of the last good weights before giving up"}
+    )
+    early_stop: bool = field(
+        default=True, metadata={"help": "False: run the whole plan (the paper's fixed length)"}
+    )
 
     def __post_init__(self) -> None:
         problems = []

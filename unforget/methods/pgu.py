@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -88,16 +88,38 @@ from unforget.runtime.progress import Tick
 class PguConfig:
     """Options of ``pgu`` (``--set key=value``)."""
 
-    threshold: float = 0.95  # ε: share of the √eigenvalue spectrum kept as retained subspace
-    threshold_step: float = 0.0  # ε_l = min(1, ε + l·step), l = layer index in model order
-    lr: float | None = None  # SGD lr at the first step; None: calibrated, see relative_step
-    relative_step: float = 0.01  # calibrated lr moves the weights by this share of their norm
-    lr_decay: float = 0.2  # lr at the last planned step = lr_decay · first lr (geometric)
-    offset: float = 0.1  # c in −log(1 − (p_y − c)); > 0 keeps the loss finite
-    entropy_weight: float = 0.2  # w_H: weight of the (maximised) prediction entropy
-    budget: float = 2.0  # retain-epochs of work: forget epochs = ⌊budget·|R|/|F|⌋
-    max_epochs: int = 30  # cap on forget epochs
-    max_reference_drop: float = 0.03  # stop if reference accuracy falls this far below start
+    threshold: float = field(
+        default=0.95,
+        metadata={"help": "ε: share of the √eigenvalue spectrum kept as retained subspace"},
+    )
+    threshold_step: float = field(
+        default=0.0, metadata={"help": "ε_l = min(1, ε + l·step), l = layer index in model order"}
+    )
+    lr: float | None = field(
+        default=None,
+        metadata={"help": "SGD lr at the first step; None: calibrated, see relative_step"},
+    )
+    relative_step: float = field(
+        default=0.01,
+        metadata={"help": "calibrated lr moves the weights by this share of their norm"},
+    )
+    lr_decay: float = field(
+        default=0.2,
+        metadata={"help": "lr at the last planned step = lr_decay · first lr (geometric)"},
+    )
+    offset: float = field(
+        default=0.1, metadata={"help": "c in −log(1 − (p_y − c)); > 0 keeps the loss finite"}
+    )
+    entropy_weight: float = field(
+        default=0.2, metadata={"help": "w_H: weight of the (maximised) prediction entropy"}
+    )
+    budget: float = field(
+        default=2.0, metadata={"help": "retain-epochs of work: forget epochs = ⌊budget·|R|/|F|⌋"}
+    )
+    max_epochs: int = field(default=30, metadata={"help": "cap on forget epochs"})
+    max_reference_drop: float = field(
+        default=0.03, metadata={"help": "stop if reference accuracy falls this far below start"}
+    )
 
     def __post_init__(self) -> None:
         problems = []

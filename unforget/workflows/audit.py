@@ -1,7 +1,9 @@
 """``unforget audit``: does the forget set still look like training members?
 
-Flow (audit.md): resolve inputs → sample-size check (before any training) → reference models →
-signals (torch) → scores (numpy) → metrics (numpy) → verdict. The primary attack is fixed by K
+Flow (audit.md): resolve inputs → pre-check of |F|, |H| and K (before any training; it says
+whether a PASS is reachable but never stops the audit: small requests are attacked too) →
+reference models → signals (torch) → :func:`unforget.audit.scoring.audit_signals` (scores,
+metrics, comparison with the negative controls, verdict; numpy). The primary attack is fixed by K
 before anything is scored (RMIA below 16 references, LiRA from 16); population-loss numbers are
 reported beside it for comparison with papers, never used for the verdict.
 """
@@ -19,28 +21,31 @@ import numpy as np
 from torch import nn
 
 from unforget.audit import attacks, metrics
+from unforget.audit.power import sample_size_check
 from unforget.audit.results import (
     AttackMetrics,
-    AttackScores,
-    Estimate,
+    ReferenceComparison,
     SampleSizeCheck,
     Verdict,
     VerdictRule,
 )
+from unforget.audit.scoring import FPRS, audit_signals
 from unforget.audit.signals import Signals, compute_signals
-from unforget.audit.verdict import decide, sample_size_check
 from unforget.data.loaders import make_loader, source
 from unforget.errors import InputError
 from unforget.io import checkpoint as ckpt_io
-from unforget.io.fileio import sha256_file
 from unforget.io.manifest import read_manifest
 from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
 from unforget.workflows import references
-from unforget.workflows.workspace import Workspace, open_workspace
+from unforget.workflows.workspace import (
+    Workspace,
+    open_workspace,
+    read_checkpoint,
+    weights_sha256,
+)
 
-SCHEMA = "unforget.audit/1"
-FPRS = (0.01, 0.001)
+SCHEMA = "unforget.audit/2"  # /2: verdict relative to the references (comparison objects)
 RETAIN_SAMPLE = 2048
 
 
@@ -103,7 +108,8 @@ class AuditReport:
     target: ModelResult | None
     original: ModelResult | None
     references: tuple[ModelResult, ...]
-    auc_difference: Estimate | None
+    comparison: ReferenceComparison | None  # target vs negative controls (None when K < 2)
+    positive_comparison: ReferenceComparison | None  # original vs the same controls
     signal_remaining: float | None
     diagnostics: tuple[str, ...]
     verdict: Verdict
@@ -111,6 +117,24 @@ class AuditReport:
     notes: tuple[str, ...]
     per_sample: PerSample | None = field(default=None, repr=False)
     roc: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Scored:
+    """What :func:`_score` hands back to :func:`run_audit` (the report's scoring half)."""
+
+    attack: str
+    k: int
+    target: ModelResult
+    original: ModelResult | None
+    references: tuple[ModelResult, ...]
+    comparison: ReferenceComparison | None
+    positive_comparison: ReferenceComparison | None
+    signal_remaining: float | None
+    sample: SampleSizeCheck
+    verdict: Verdict
+    per_sample: PerSample
+    roc: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 Notice = Callable[[str], None]
@@ -136,17 +160,8 @@ def run_audit(
     forget = ws.forget_rows(manifest)
     heldout, notes = _heldout_rows(ws, forget, request.ckpt)
     retain = ws.retain_rows(forget)
-    sample = sample_size_check(len(forget), len(heldout), request.rule)
     inputs = _inputs(request, ws, manifest.sha256, len(forget), len(heldout))
     original_path = request.original or _original_from_receipt(request.ckpt, notes)
-    if not sample.pass_reachable:
-        on_notice(
-            f"a PASS is impossible at these margins with |F|={len(forget)} and "
-            f"|H|={len(heldout)}: smallest detectable AUC effect "
-            f"{sample.min_detectable_auc_delta:.3f} (δ = {request.rule.delta_auc})"
-        )
-        if request.refs is None and not request.retrained:
-            return _early(request, inputs, sample, notes, timing, started)
     cache = request.cache_dir or references.default_cache_dir()
     plan = references.plan(
         request.refs,
@@ -156,6 +171,13 @@ def run_audit(
         budget_minutes=request.budget_minutes,
         cache_dir=cache,
         precision=precision,
+    )
+    _precheck(
+        len(forget),
+        len(heldout),
+        k=plan.k + len(request.retrained),
+        request=request,
+        on_notice=on_notice,
     )
     to_train = plan.k - plan.cached
     on_notice(
@@ -178,22 +200,58 @@ def run_audit(
     target = ws.load_model(None, precision)
     original = ws.load_model(original_path, precision) if original_path else None
     t0 = time.perf_counter()
-    report = _score(
-        request, ws, forget, heldout, retain, target, original, refs, sample, precision, diagnostics
+    scored = _score(
+        ws,
+        request=request,
+        forget=forget,
+        heldout=heldout,
+        retain=retain,
+        target=target,
+        original=original,
+        refs=refs,
+        precision=precision,
+        diagnostics=diagnostics,
     )
     timing["scoring_seconds"] = time.perf_counter() - t0
     timing["total_seconds"] = time.perf_counter() - started
     if original_path:
-        inputs["original"] = {"path": str(original_path), "sha256": sha256_file(original_path)}
-    inputs["retrained"] = [{"path": str(p), "sha256": sha256_file(p)} for p in request.retrained]
+        inputs["original"] = {"path": str(original_path), "sha256": weights_sha256(original_path)}
+    inputs["retrained"] = [{"path": str(p), "sha256": weights_sha256(p)} for p in request.retrained]
     return AuditReport(
         inputs=inputs,
-        settings=_settings(request, report["attack"], plan.k),
-        sample=sample,
+        settings=_settings(request, scored.attack, scored.k),
+        sample=scored.sample,
+        attack=scored.attack,
+        k=scored.k,
+        target=scored.target,
+        original=scored.original,
+        references=scored.references,
+        comparison=scored.comparison,
+        positive_comparison=scored.positive_comparison,
+        signal_remaining=scored.signal_remaining,
+        diagnostics=diagnostics,
+        verdict=scored.verdict,
         timing=timing,
         notes=tuple(notes),
-        **report,
+        per_sample=scored.per_sample,
+        roc=scored.roc,
     )
+
+
+def _precheck(
+    n_forget: int, n_heldout: int, *, k: int, request: AuditRequest, on_notice: Notice
+) -> None:
+    """Say before any training whether a PASS is reachable, and what would make it so.
+
+    The attack runs either way (a small request can still be FAIL-LEAK, audit.md "Verdict").
+    """
+    check = sample_size_check(n_forget, n_heldout, k=k, rule=request.rule)
+    if not check.pass_reachable:
+        on_notice(
+            f"a PASS is out of reach with |F|={n_forget}, |H|={n_heldout}, K={k} "
+            f"(δ = {request.rule.delta_auc}); the attack still runs and can find a leak: "
+            f"{check.advice}"
+        )
 
 
 def _heldout_rows(ws: Workspace, forget: np.ndarray, ckpt: Path) -> tuple[np.ndarray, list[str]]:
@@ -235,7 +293,7 @@ def _original_from_receipt(ckpt: Path, notes: list[str]) -> Path | None:
     given = Path(receipt.get("input_path", ""))
     # As written (absolute, or relative to where apply ran), or beside the audited checkpoint.
     for candidate in (given, ckpt.parent / given, ckpt.parent / given.name):
-        if candidate.is_file() and sha256_file(candidate) == receipt.get("input_sha256"):
+        if candidate.exists() and weights_sha256(candidate) == receipt.get("input_sha256"):
             notes.append(f"positive control: {candidate} (input named in the receipt)")
             return candidate
     notes.append("the receipt's input checkpoint was not found; no positive control")
@@ -244,7 +302,7 @@ def _original_from_receipt(ckpt: Path, notes: list[str]) -> Path | None:
 
 def _recipe_check(ws: Workspace, path: Path) -> list[str]:
     """A user-given retrained model must share the target's recipe: else a diagnostic."""
-    meta = ckpt_io.load_checkpoint(path).meta_json(ckpt_io.KEY_SPEC) or {}
+    meta = read_checkpoint(path).meta_json(ckpt_io.KEY_SPEC) or {}
     theirs = meta.get("recipe", {})
     ours = json.loads(ws.spec.to_json())["recipe"]
     differs = sorted(k for k in ours if k != "seed" and theirs.get(k) != ours[k])
@@ -269,51 +327,39 @@ def _signals(
 
 
 def _score(
-    request: AuditRequest,
     ws: Workspace,
+    *,
+    request: AuditRequest,
     forget: np.ndarray,
     heldout: np.ndarray,
     retain: np.ndarray,
     target: nn.Module,
     original: nn.Module | None,
     refs: list[nn.Module],
-    sample: SampleSizeCheck,
     precision: Precision,
     diagnostics: tuple[str, ...],
-) -> dict[str, Any]:
+) -> _Scored:
+    """Query every model (torch), then run the numpy audit of :mod:`unforget.audit.scoring`."""
     rng = np.random.default_rng(request.seed)
     retain_sample = np.sort(rng.choice(retain, size=min(RETAIN_SAMPLE, len(retain)), replace=False))
     is_forget = np.r_[np.ones(len(forget), bool), np.zeros(len(heldout), bool)]
     sig_t = _signals(ws, target, forget, heldout, precision)
     sig_o = _signals(ws, original, forget, heldout, precision) if original else None
     sig_r = [_signals(ws, m, forget, heldout, precision) for m in refs]
-    k = len(refs)
-    attack = attacks.primary_attack_name(k)
-    a = 0.3
-    if attack == "rmia":
-        p_refs = np.stack([s.p for s in sig_r])
-        a = attacks.tune_rmia_a(sig_o.p if sig_o else None, p_refs, is_forget=is_forget)
-
-    def scores(sig: Signals, others: list[Signals]) -> np.ndarray:
-        if attack == "rmia":
-            return attacks.rmia_offline(sig.p, np.stack([s.p for s in others]), a=a)
-        if attack == "lira":
-            return attacks.lira_offline(sig.phi, np.stack([s.phi for s in others]))
-        return attacks.loss_attack_scores(sig.loss)
+    scored = audit_signals(
+        target=sig_t,
+        original=sig_o,
+        references=sig_r,
+        is_forget=is_forget,
+        rule=request.rule,
+        rng=rng,
+        n_boot=request.n_boot,
+        diagnostics=diagnostics,
+    )
 
     def result(
-        name: str, role: str, model: nn.Module, sig: Signals, others: list[Signals]
+        name: str, role: str, model: nn.Module, sig: Signals, m: AttackMetrics | None
     ) -> ModelResult:
-        s = scores(sig, others)
-        m = None
-        if attack == "population-loss" or others:
-            m = metrics.attack_metrics(
-                AttackScores(attack=attack, forget=s[is_forget], heldout=s[~is_forget]),
-                rng=rng,
-                fprs=FPRS,
-                tail_fpr=request.rule.fpr,
-                n_boot=request.n_boot,
-            )
         return ModelResult(
             name=name,
             role=role,
@@ -329,70 +375,36 @@ def _score(
             ),
         )
 
-    target_result = result("target", "target", target, sig_t, sig_r)
-    original_result = result("original", "original", original, sig_o, sig_r) if sig_o else None
-    ref_results = (
-        tuple(
-            result(
-                f"reference {i + 1}",
-                "reference",
-                refs[i],
-                sig_r[i],
-                [s for j, s in enumerate(sig_r) if j != i],
-            )
-            for i in range(k)
-        )
-        if k >= 2
-        else ()
+    original_result = None
+    if original is not None and sig_o is not None:
+        original_result = result("original", "original", original, sig_o, scored.original)
+    ref_results = tuple(
+        result(f"reference {i + 1}", "reference", refs[i], sig_r[i], m)
+        for i, m in enumerate(scored.controls)
     )
-    controls = [r.metrics for r in ref_results if r.metrics] or None
-    auc_diff = None
-    target_scores = scores(sig_t, sig_r)
-    if controls:
-        auc_diff = metrics.auc_difference_interval(
-            target_scores[is_forget],
-            target_scores[~is_forget],
-            reference_aucs=[c.auc.value for c in controls],
-            rng=rng,
-            n_boot=request.n_boot,
-        )
-    assert target_result.metrics is not None
-    verdict = decide(
-        target=target_result.metrics,
-        references=controls,
-        positive_control=original_result.metrics if original_result else None,
-        auc_diff=auc_diff,
-        rule=request.rule,
-        sample=sample,
-        diagnostics=diagnostics,
-    )
-    auc_ref = float(np.mean([c.auc.value for c in controls])) if controls else 0.5
     remaining = None
-    if original_result and original_result.metrics:
+    if scored.original is not None and scored.comparison is not None:
         remaining = metrics.signal_remaining(
-            target_result.metrics.auc.value, original_result.metrics.auc.value, auc_ref
+            scored.target.auc.value, scored.original.auc.value, scored.comparison.auc_reference
         )
-    roc = {"target": metrics.roc_curve(target_scores[is_forget], target_scores[~is_forget])}
-    if sig_o is not None:
-        s = scores(sig_o, sig_r)
-        roc["original"] = metrics.roc_curve(s[is_forget], s[~is_forget])
-    for i, r in enumerate(ref_results):
-        s = scores(sig_r[i], [x for j, x in enumerate(sig_r) if j != i])
-        roc[r.name] = metrics.roc_curve(s[is_forget], s[~is_forget])
-    per_sample = _per_sample(ws, forget, heldout, target_scores, target_result.metrics)
-    return {
-        "attack": attack,
-        "k": k,
-        "target": target_result,
-        "original": original_result,
-        "references": ref_results,
-        "auc_difference": auc_diff,
-        "signal_remaining": remaining,
-        "diagnostics": diagnostics,
-        "verdict": verdict,
-        "per_sample": per_sample,
-        "roc": roc,
+    roc = {
+        name: metrics.roc_curve(s[is_forget], s[~is_forget])
+        for name, s in scored.roc_scores.items()
     }
+    return _Scored(
+        attack=scored.attack,
+        k=scored.k,
+        target=result("target", "target", target, sig_t, scored.target),
+        original=original_result,
+        references=ref_results,
+        comparison=scored.comparison,
+        positive_comparison=scored.positive_comparison,
+        signal_remaining=remaining,
+        sample=scored.sample,
+        verdict=scored.verdict,
+        per_sample=_per_sample(ws, forget, heldout, scored.target_scores, scored.target),
+        roc=roc,
+    )
 
 
 def _accuracy(ws: Workspace, model: nn.Module, rows: np.ndarray, precision: Precision) -> float:
@@ -447,45 +459,3 @@ def _settings(request: AuditRequest, attack: str, k: int) -> dict[str, Any]:
         "attack": attack,
         "bootstrap": request.n_boot,
     }
-
-
-def _early(
-    request: AuditRequest,
-    inputs: dict[str, Any],
-    sample: SampleSizeCheck,
-    notes: list[str],
-    timing: dict[str, float],
-    started: float,
-) -> AuditReport:
-    """INCONCLUSIVE before any training: the sample cannot support a PASS."""
-    reasons = sample.reasons or ("forget_set_too_small",)
-    verdict = Verdict(
-        status="INCONCLUSIVE",
-        exit_code=5,
-        reasons=tuple(reasons),
-        evidence="none",
-        min_detectable_auc=sample.min_detectable_auc_delta,
-        explanation=(
-            f"With |F|={sample.n_forget} and |H|={sample.n_heldout} no PASS is possible "
-            f"at δ_AUC={request.rule.delta_auc}; the smallest AUC effect this audit "
-            f"could detect is {sample.min_detectable_auc_delta:.3f}. No reference "
-            "models were trained (pass --refs K to run the attack anyway)."
-        ),
-    )
-    timing["total_seconds"] = time.perf_counter() - started
-    return AuditReport(
-        inputs=inputs,
-        settings=_settings(request, "none", 0),
-        sample=sample,
-        attack="none",
-        k=0,
-        target=None,
-        original=None,
-        references=(),
-        auc_difference=None,
-        signal_remaining=None,
-        diagnostics=(),
-        verdict=verdict,
-        timing=timing,
-        notes=tuple(notes),
-    )

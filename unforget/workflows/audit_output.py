@@ -1,4 +1,4 @@
-"""Audit results -> JSON (schema ``unforget.audit/1``), per-sample CSV, ROC plot, rich table.
+"""Audit results -> JSON (schema ``unforget.audit/2``), per-sample CSV, ROC plot, rich table.
 
 No computation here: everything shown was computed by :mod:`unforget.workflows.audit`.
 """
@@ -48,13 +48,23 @@ def to_json(report: AuditReport) -> dict[str, Any]:
         "target": _model_json(report.target),
         "positive_control": _model_json(report.original),
         "negative_controls": [_model_json(r) for r in report.references],
-        "auc_difference": as_json(report.auc_difference) if report.auc_difference else None,
+        "comparison": as_json(report.comparison) if report.comparison else None,
+        "positive_comparison": as_json(report.positive_comparison)
+        if report.positive_comparison
+        else None,
         "signal_remaining": None
         if report.signal_remaining is None
         else round(report.signal_remaining, 6),
         "diagnostics": list(report.diagnostics),
         "notes": list(report.notes),
         "verdict": as_json(report.verdict),
+        "conclusion": dict(
+            zip(
+                ("sentence", "next_step"),
+                conclusion(report.verdict.status, report.verdict.reasons, report.verdict.evidence),
+                strict=True,
+            )
+        ),
         "exit_code": report.verdict.exit_code,
         "disclaimer": DISCLAIMER,
         "timing": {k: round(v, 3) for k, v in report.timing.items()},
@@ -183,15 +193,67 @@ def print_audit(console: Any, report: AuditReport) -> None:
         console.print(table)
         if report.signal_remaining is not None:
             console.print(f"signal remaining: {report.signal_remaining:.0%} of the original's")
-        if report.auc_difference is not None:
-            console.print(f"AUC − AUC_ref: {_fmt(report.auc_difference)}")
-        t = report.target
+        c = report.comparison
+        if c is not None:
+            t = c.tpr_difference
+            console.print(
+                f"against the references (paired): AUC − AUC_ref {_fmt(c.auc_difference)}, "
+                f"TPR@{c.fpr:.0%} − TPR_ref {t.value:+.1%} [{t.low:+.1%}, {t.high:+.1%}]"
+            )
         console.print(
-            f"legacy (papers): loss-attack AUC {t.loss_attack_auc:.3f}, "
-            f"LR attack accuracy {t.lr_attack_accuracy:.3f}"
+            f"legacy (papers): loss-attack AUC {report.target.loss_attack_auc:.3f}, "
+            f"LR attack accuracy {report.target.lr_attack_accuracy:.3f}"
         )
     v = report.verdict
     colour = {"PASS": "green", "FAIL-LEAK": "red", "FAIL-OVER": "red"}.get(v.status, "yellow")
     reasons = f" ({', '.join(v.reasons)})" if v.reasons else ""
     console.print(f"[bold {colour}]verdict: {v.status}[/]{reasons}  exit {v.exit_code}")
     console.print(v.explanation)
+    sentence, step = conclusion(v.status, v.reasons, v.evidence)
+    console.print(f"{sentence} Next step: {step}", markup=False)
+
+
+def conclusion(status: str, reasons: tuple[str, ...], evidence: str) -> tuple[str, str]:
+    """One plain sentence for a compliance reader, and the next step, for a verdict.
+
+    Written from the status and reason codes only, so it never contradicts the verdict; an
+    unknown reason code falls back to the status's general advice.
+    """
+    if status == "PASS" and evidence == "strong":
+        return (
+            "The audit found no sign that the model still remembers the deleted samples, and "
+            "it did see them in the original model, so it could have found a leak.",
+            "keep this report with the deletion request and the apply receipt.",
+        )
+    if status == "PASS":
+        return (
+            "The audit found no sign that the model still remembers the deleted samples, but "
+            "it had no working positive control, so this is weak evidence.",
+            "audit again with the original model (--original MODEL) and more references "
+            "(--refs 8).",
+        )
+    if status == "FAIL-LEAK":
+        return (
+            "The model still behaves as if it were trained on the deleted samples: the "
+            "deletion is not demonstrated.",
+            "re-run apply on the original checkpoint with a stronger setting (e.g. "
+            "--method nabla-tau, or --method retrain for exact retraining), then audit again.",
+        )
+    if status == "FAIL-OVER":
+        return (
+            "The deleted samples now look less familiar to the model than data it never saw, "
+            "which itself reveals that they were removed.",
+            "re-run apply on the original checkpoint with a gentler setting (e.g. a lower "
+            "--set lr=...) or --method retrain, then audit again.",
+        )
+    steps = {
+        "no_references": "add references: --refs 8 (or --retrained MODEL).",
+        "forget_set_too_small": "audit a larger batch of deletions together (a bigger forget "
+        "set), or accept a wider margin deliberately (--delta-auc).",
+        "heldout_too_small": "add held-out rows the model never trained on to the data.",
+    }
+    step = next((steps[r] for r in reasons if r in steps), None)
+    return (
+        "The audit could not decide whether the model still remembers the deleted samples.",
+        step or "add references to narrow the intervals: --refs 8.",
+    )

@@ -81,10 +81,10 @@ class Run:
     time_ratio: float = math.nan
 
 
-def quick_config(out: Path) -> BenchConfig:
-    """A few minutes on 2 CPU cores: the shipped sample, one seed, a small model."""
+def quick_config(out: Path, *, data: str = "sample") -> BenchConfig:
+    """A few minutes on 2 CPU cores: the shipped sample (or ``data``), one seed, a small model."""
     return BenchConfig(
-        data="sample",
+        data=data,
         settings=("random:0.1", "class:Sandal"),
         methods=("nabla-tau", "retrain", "finetune"),
         seeds=1,
@@ -96,10 +96,17 @@ def quick_config(out: Path) -> BenchConfig:
 
 def prepare_data(config: BenchConfig) -> Path:
     """The data folder: the Debian Fashion-MNIST converted once (cached in ``out``)."""
-    if config.data == "sample":
-        return SAMPLE_DATA
-    if config.data == "text":
-        return SAMPLE_TEXT
+    if config.data in ("sample", "text"):
+        folder = SAMPLE_DATA if config.data == "sample" else SAMPLE_TEXT
+        if not (folder / "train.parquet").is_file():
+            # An installed wheel has no sample_data/: it lives in the source checkout only.
+            raise InputError(
+                f"--data {config.data}: the shipped sample data is only in a source checkout "
+                f"(not found at {folder}); pass --data PATH to a data folder (e.g. a clone's "
+                "sample_data/fashion-mnist) or --data fashion-mnist (Debian package "
+                "dataset-fashion-mnist)"
+            )
+        return folder
     if config.data != "fashion-mnist":
         path = Path(config.data)
         if not path.is_dir():

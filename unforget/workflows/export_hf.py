@@ -12,6 +12,11 @@ The CLI command ``unforget export-hf`` calls :func:`export_model_dir`.
 
 The directory is assembled in a temporary folder beside ``out`` and renamed into place, so a
 failure never leaves a half-written model behind.
+
+The other direction: :func:`load_model_dir` reads a ``save_pretrained`` directory fine-tuned
+elsewhere as a checkpoint (``apply``/``audit --ckpt DIR``), and :func:`save_model_dir` writes the
+unlearned weights back as such a directory, its ``model.safetensors`` carrying unforget's spec,
+provenance and ledger in the safetensors metadata (transformers ignores extra metadata keys).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,12 +35,23 @@ from unforget.errors import CheckpointError, InputError, OutputExistsError, Spec
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.ledger import entries_from_json, entries_summary
 from unforget.io.paths import is_under, same_file
-from unforget.models.hf import load_config, model_directory, quiet_transformers, strip_prefix
+from unforget.models.hf import (
+    PREFIX,
+    load_config,
+    model_directory,
+    quiet_transformers,
+    strip_prefix,
+)
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel
 
 FACTORY = "unforget.models.hf:sequence_classifier"
+WEIGHTS = "model.safetensors"
+# Files of a model directory that are not copied into an unlearned copy of it: the old weights
+# (rewritten), pickles (never read) and the export record (rewritten by export_model_dir).
+_NOT_COPIED = {WEIGHTS, "model.safetensors.index.json", "pytorch_model.bin", "unforget.json"}
 # Tokenizer files AutoTokenizer may read besides tokenizer.json; copied when the base has them.
 TOKENIZER_FILES = (
     "tokenizer_config.json",
@@ -207,3 +224,84 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def is_model_dir(path: Path) -> bool:
+    """True for a HuggingFace model directory (a folder with ``config.json``)."""
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def model_dir_spec(directory: Path) -> dict[str, object]:
+    """The ``model`` spec layer of a model directory: unforget's sequence classifier around the
+    directory's own config and tokenizer. ``pretrained`` is off because the directory's weights
+    are loaded over it; a ``[model]`` section in ``--config`` naming the base model wins (so
+    reference models and retraining start from the base weights instead of a random init)."""
+    return {"name": FACTORY, "kwargs": {"path": str(directory.resolve()), "pretrained": False}}
+
+
+def load_model_dir(path: Path) -> ckpt_io.Checkpoint:
+    """Read a ``save_pretrained`` directory as a checkpoint of :class:`SequenceClassifier`.
+
+    Tensor names get the wrapper's ``model.`` prefix; the directory's ``tokenizer.json`` goes
+    into the metadata where :func:`unforget.data.text.encoder_from_checkpoint` looks for it;
+    metadata unforget wrote earlier (spec, ledger) is kept. ``sha256`` is the weights file's
+    own hash.
+
+    Raises:
+        SpecError: no tokenizer.json or config.json (see :func:`model_directory`).
+        CheckpointError: no ``model.safetensors`` (sharded or pickle weights are not read).
+    """
+    directory = model_directory(path, need_weights=False)
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        sharded = (directory / "model.safetensors.index.json").is_file()
+        how = (
+            "sharded weights are not supported; save_pretrained(..., max_shard_size='10GB')"
+            if sharded
+            else "save it with save_pretrained(..., safe_serialization=True)"
+        )
+        raise CheckpointError(f"model directory {directory} has no {WEIGHTS}; {how}")
+    inner = ckpt_io.load_checkpoint(weights)
+    metadata = dict(inner.metadata)
+    metadata[ckpt_io.KEY_TOKENIZER] = (directory / "tokenizer.json").read_text(encoding="utf-8")
+    return ckpt_io.Checkpoint(
+        path=weights,
+        tensors={PREFIX + k: v for k, v in inner.tensors.items()},
+        metadata=metadata,
+        sha256=inner.sha256,
+    )
+
+
+def save_model_dir(
+    out: Path,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: Path,
+    metadata: Mapping[str, object],
+    force: bool = False,
+) -> str:
+    """Write ``state`` (a :class:`SequenceClassifier` state dict) as a model directory.
+
+    Everything but the weights is copied from the input directory ``source`` (config, tokenizer
+    files), so transformers loads ``out`` exactly as it loaded ``source``. Assembled in a
+    staging folder and renamed into place. Returns the new ``model.safetensors``'s SHA-256.
+
+    Raises:
+        OutputExistsError: ``out`` exists and ``force`` is off.
+    """
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for item in sorted(source.iterdir()):
+            if item.is_file() and item.name not in _NOT_COPIED:
+                shutil.copyfile(item, staging / item.name)
+        meta = {k: v for k, v in metadata.items() if k != ckpt_io.KEY_TOKENIZER}
+        sha = ckpt_io.save_checkpoint(staging / WEIGHTS, strip_prefix(dict(state)), metadata=meta)
+        _ordinary_modes(staging)
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sha

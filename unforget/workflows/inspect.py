@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unforget.io.checkpoint import KEY_LEDGER, KEY_PROVENANCE, KEY_SPEC, Checkpoint, load_checkpoint
+from unforget.io.checkpoint import KEY_LEDGER, KEY_PROVENANCE, KEY_SPEC, Checkpoint
 from unforget.io.ledger import LedgerEntry, covered, entries_from_json
 from unforget.io.manifest import Manifest
 
@@ -57,7 +57,9 @@ class CheckpointSummary:
 
 def summarise(path: Path, *, check: Manifest | None = None) -> CheckpointSummary:
     """Read ``path`` and describe it; with ``check``, say which of its IDs the ledger covers."""
-    ckpt: Checkpoint = load_checkpoint(path)
+    from unforget.workflows.workspace import read_checkpoint  # a file or a model directory
+
+    ckpt: Checkpoint = read_checkpoint(path)
     ledger = entries_from_json(ckpt.meta_json(KEY_LEDGER))
     dtypes = Counter(str(t.dtype).replace("torch.", "") for t in ckpt.tensors.values())
     id_check = None

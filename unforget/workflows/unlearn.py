@@ -68,18 +68,91 @@ class ApplyRequest:
 
 
 @dataclass(frozen=True)
+class Assessment:
+    """Does the forget set now look like data the model never saw? Accuracies are shares.
+
+    ``unseen_accuracy`` is held-out accuracy after the run (on the removed classes' held-out rows
+    when whole classes were removed: a model that never saw a class scores ~0 on it).
+    ``tolerance`` is the gap still read as "alike": 3 points, or two standard errors of the
+    difference of two proportions, sqrt(p(1−p)/n_F + p(1−p)/n_H), when that is wider (small
+    forget sets). ``collapsed``: held-out accuracy on the kept classes fell more than
+    ``COLLAPSE_DROP`` during the run, so the model lost more than the forget set.
+    """
+
+    forget_accuracy: float
+    unseen_accuracy: float
+    tolerance: float
+    heldout_before: float
+    heldout_after: float
+    collapsed: bool
+
+    @property
+    def gap(self) -> float:
+        """Forget minus unseen accuracy: > tolerance still remembered, < −tolerance over-forgot."""
+        return self.forget_accuracy - self.unseen_accuracy
+
+    @property
+    def state(self) -> str:
+        """``like_unseen``, ``remembered`` or ``over_forgotten``."""
+        if self.gap > self.tolerance:
+            return "remembered"
+        return "over_forgotten" if self.gap < -self.tolerance else "like_unseen"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "forget_accuracy": round(self.forget_accuracy, 6),
+            "unseen_accuracy": round(self.unseen_accuracy, 6),
+            "tolerance": round(self.tolerance, 6),
+            "heldout_accuracy_before": round(self.heldout_before, 6),
+            "heldout_accuracy_after": round(self.heldout_after, 6),
+            "collapsed": self.collapsed,
+        }
+
+
+COLLAPSE_DROP = 0.05  # held-out accuracy points lost during the run that count as a collapse
+
+
+def assess(before: Snapshot, after: Snapshot) -> Assessment:
+    """Compare forget accuracy with held-out accuracy after the run (see :class:`Assessment`)."""
+    if after.removed_classes and after.other_classes and before.other_classes:
+        unseen, kept_before, kept_after = (
+            after.removed_classes,
+            before.other_classes,
+            after.other_classes,
+        )
+    else:
+        unseen, kept_before, kept_after = after.heldout, before.heldout, after.heldout
+    p = min(max(unseen.accuracy, 0.0), 1.0)
+    se = float(np.sqrt(p * (1 - p) * (1 / max(after.forget.n, 1) + 1 / max(unseen.n, 1))))
+    return Assessment(
+        forget_accuracy=after.forget.accuracy,
+        unseen_accuracy=unseen.accuracy,
+        tolerance=max(0.03, 2 * se),
+        heldout_before=kept_before.accuracy,
+        heldout_after=kept_after.accuracy,
+        collapsed=kept_before.accuracy - kept_after.accuracy > COLLAPSE_DROP,
+    )
+
+
+@dataclass(frozen=True)
 class ApplyResult:
-    """``receipt`` is None when the manifest was already applied (nothing written)."""
+    """``receipt`` is None when the manifest was already applied (nothing written); then
+    ``already_applied`` says by which earlier request, and ``assessment`` is None."""
 
     out: Path
     receipt_path: Path
     receipt: Receipt | None
     already_applied: str | None = None
     ledger_key_created: Path | None = None  # the ledger key file, when this run created it
+    assessment: Assessment | None = None
 
 
 def default_out(ckpt: Path) -> Path:
-    """``model.safetensors`` -> ``model.unlearned.safetensors`` beside the input."""
+    """``model.safetensors`` -> ``model.unlearned.safetensors`` beside the input; a model
+    directory ``minilm/`` -> ``minilm.unlearned/``."""
+    if ckpt.is_dir():
+        return ckpt.with_name(f"{ckpt.name}.unlearned")
     return ckpt.with_name(f"{ckpt.stem}.unlearned.safetensors")
 
 
@@ -141,7 +214,13 @@ def apply_paths(request: ApplyRequest, out: Path, *, data: Path | None) -> IOPla
         "the receipt of --out": receipt_path(out),
         "the PGU statistics file of --out": sidecar_path(out),
     }
-    return IOPlan(inputs=inputs, outputs=outputs, folders={"the data folder": data} if data else {})
+    return IOPlan(
+        inputs=inputs,
+        outputs=outputs,
+        folders={"the data folder": data} if data else {},
+        # a HuggingFace model directory in gives a model directory out
+        directories=frozenset({"--ckpt", "--out"}) if request.ckpt.is_dir() else frozenset(),
+    )
 
 
 def _run(
@@ -332,7 +411,8 @@ def _write(
     # The output records the data it was made from (also for checkpoints trained elsewhere
     # that had no fingerprint, and after --accept-data-change), so later changes are caught.
     spec = ws.spec.replace(train_fingerprint=ws.fingerprint)
-    spec = relativise_data_path(spec, base=out.resolve().parent)
+    # Relative to the folder the written weights sit in (inside the directory for a model dir).
+    spec = relativise_data_path(spec, base=out.resolve() if ws.model_dir else out.resolve().parent)
     metadata: dict[str, Any] = {
         k: v
         for k, v in ws.checkpoint.metadata.items()
@@ -345,18 +425,25 @@ def _write(
             ckpt_io.KEY_LEDGER: entries_to_json([*ws.ledger, entry]),
         }
     )
-    staged = [
-        Staged(
-            out,
-            ckpt_io.checkpoint_bytes(ckpt_io.state_dict_cpu(outcome.model), metadata=metadata),
-        )
-    ]
+    state = ckpt_io.state_dict_cpu(outcome.model)
+    staged: list[Staged] = []
     try:
-        sha = staged[0].sha256  # of the bytes written, never re-read from the path
+        if ws.model_dir is not None:  # a HuggingFace directory in, a loadable directory out
+            from unforget.workflows.export_hf import save_model_dir
+
+            receipt_path(out).unlink(missing_ok=True)  # never left describing other weights
+            sha = save_model_dir(
+                out, state, source=ws.model_dir, metadata=metadata, force=request.force
+            )
+        else:
+            staged.append(Staged(out, ckpt_io.checkpoint_bytes(state, metadata=metadata)))
+            sha = staged[0].sha256  # of the bytes written, never re-read from the path
         stats_path = sidecar_path(out)
+        stats = None
         if statistics is not None:
             meta = {"unforget.checkpoint_sha256": sha}
-            staged.append(Staged(stats_path, statistics_bytes(statistics, metadata=meta)))
+            stats = Staged(stats_path, statistics_bytes(statistics, metadata=meta))
+            staged.append(stats)
         names = ws.spec.class_names or ws.info.class_names
         receipt = Receipt(
             provenance=provenance,
@@ -373,7 +460,8 @@ def _write(
             reference_ids=reference_ids,
         )
         staged.append(Staged(receipt_path(out), json_bytes(receipt.as_dict())))
-        _commit(staged, out, stats_path)
+        checkpoint = staged[0] if ws.model_dir is None else None
+        _commit(checkpoint, stats, staged[-1], out=out, stats_path=stats_path)
     except BaseException:
         for stage in staged:
             stage.discard()
@@ -383,20 +471,30 @@ def _write(
         receipt_path=receipt_path(out),
         receipt=receipt,
         ledger_key_created=key.path if key_created else None,
+        assessment=assess(before, after),
     )
 
 
-def _commit(staged: list[Staged], out: Path, stats_path: Path) -> None:
+def _commit(
+    checkpoint: Staged | None,
+    stats: Staged | None,
+    receipt: Staged,
+    *,
+    out: Path,
+    stats_path: Path,
+) -> None:
     """Make the staged files visible: checkpoint, sidecar, then receipt.
 
     A kill at any point leaves the old checkpoint and receipt, or a checkpoint whose receipt is
     missing (the old receipt is removed first, so it can never describe the new bytes), which
-    :func:`orphaned_output` recognises and a re-run replaces.
+    :func:`orphaned_output` recognises and a re-run replaces. (A model directory is already in
+    place, written by ``save_model_dir``.)
     """
     receipt_path(out).unlink(missing_ok=True)
-    staged[0].commit()
-    if len(staged) == 3:
-        staged[1].commit()
+    if checkpoint is not None:
+        checkpoint.commit()
+    if stats is not None:
+        stats.commit()
     else:  # never leave an older sidecar beside a new checkpoint (--force overwrite)
         stats_path.unlink(missing_ok=True)
-    staged[-1].commit()
+    receipt.commit()

@@ -58,6 +58,7 @@ class Workspace:
     allow_plugin: bool
     data_changed: bool
     fingerprint: str = ""  # of the training split as it is on disk now (``v2:``)
+    model_dir: Path | None = None  # the HuggingFace directory --ckpt named, if it was one
 
     def reference_rows(self) -> np.ndarray:
         """Held-out rows methods may read (∇τ's target); the audit never uses them."""
@@ -93,7 +94,7 @@ class Workspace:
             num_classes=self.info.num_classes,
             allow_plugin=self.allow_plugin,
         )
-        source = self.checkpoint if path is None else ckpt_io.load_checkpoint(path)
+        source = self.checkpoint if path is None else read_checkpoint(path)
         ckpt_io.load_into(model, source)
         return prepare_model(model, precision)
 
@@ -103,6 +104,22 @@ class Workspace:
         drop[forget] = True
         drop[self.ledger_rows()] = True
         return np.flatnonzero(~drop)
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """A safetensors file, or a HuggingFace ``save_pretrained`` directory read as one."""
+    from unforget.workflows.export_hf import is_model_dir, load_model_dir
+
+    return load_model_dir(path) if is_model_dir(path) else ckpt_io.load_checkpoint(path)
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 of a checkpoint file, or of a model directory's ``model.safetensors`` (the hash
+    receipts record for a directory)."""
+    from unforget.io.fileio import sha256_file
+    from unforget.workflows.export_hf import WEIGHTS, is_model_dir
+
+    return sha256_file(path / WEIGHTS if is_model_dir(path) else path)
 
 
 def spec_from_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -123,10 +140,16 @@ def resolve_spec(
     *,
     config: Path | None,
     flags: Mapping[str, Any],
+    model: Mapping[str, Any] | None = None,
 ) -> tuple[RunSpec, bool]:
     """Merge flags > config > checkpoint metadata; return the spec and whether the user named
-    a plugin model themselves (flag or config), which is what allows plugin code to run."""
+    a plugin model themselves (flag or config), which is what allows plugin code to run.
+
+    ``model`` replaces the metadata's ``[model]`` section (a model directory says itself what
+    it is); config and flags still win over it."""
     meta = spec_from_checkpoint(checkpoint) if checkpoint else {}
+    if model is not None:
+        meta["model"] = dict(model)
     file_layer = spec_layer_from_toml(config) if config else {}
     flag_layer = flags_layer(flags)
     spec = merge_spec(meta, file_layer, flag_layer)
@@ -167,8 +190,18 @@ def open_workspace(
     Raises:
         CheckpointError, SpecError, DataError: with one line each saying what to fix.
     """
-    checkpoint = ckpt_io.load_checkpoint(checkpoint_path)
-    spec, allow_plugin = resolve_spec(checkpoint, config=config, flags=flags or {})
+    from unforget.workflows.export_hf import FACTORY, is_model_dir, model_dir_spec
+
+    model_dir = checkpoint_path if is_model_dir(checkpoint_path) else None
+    checkpoint = read_checkpoint(checkpoint_path)
+    spec, allow_plugin = resolve_spec(
+        checkpoint,
+        config=config,
+        flags=flags or {},
+        model=model_dir_spec(model_dir) if model_dir else None,
+    )
+    # A model directory is run by unforget's own HF wrapper, not by code a file names.
+    allow_plugin = allow_plugin or (model_dir is not None and spec.model.name == FACTORY)
     train = load_split(spec.data, spec.data.train_split)
     heldout = load_split(spec.data, spec.data.heldout_split)
     overlap = set(train.ids) & set(heldout.ids)
@@ -196,6 +229,7 @@ def open_workspace(
         raise SpecError(
             f"the model has {spec.num_classes} classes but the data has {info.num_classes}"
         )
+    spec = with_data_facts(spec, info)
     encoder = _encoder(checkpoint, info)
     return Workspace(
         checkpoint=checkpoint,
@@ -208,6 +242,18 @@ def open_workspace(
         allow_plugin=allow_plugin,
         data_changed=changed,
         fingerprint=current,
+        model_dir=model_dir,
+    )
+
+
+def with_data_facts(spec: RunSpec, info: InputInfo) -> RunSpec:
+    """Fill the facts a checkpoint made elsewhere does not record (class count, input shape,
+    class names) from the data, so methods never guess them (a foreign 10-class model once
+    reached ∇τ with ``num_classes`` unset and crashed on a 2-class default)."""
+    return spec.replace(
+        num_classes=spec.num_classes if spec.num_classes is not None else info.num_classes,
+        input_shape=spec.input_shape if spec.input_shape is not None else info.shape,
+        class_names=spec.class_names or info.class_names,
     )
 
 
