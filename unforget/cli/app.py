@@ -466,7 +466,7 @@ def _key_notice(created: Path | None, *, quiet: bool) -> None:
     epilog="Exit codes: 0 PASS, 3 FAIL-LEAK, 4 FAIL-OVER, 5 INCONCLUSIVE (1 error, 2 bad input)."
     "\n\nExamples:\n\n  unforget audit --ckpt model.unlearned.safetensors --forget ids.txt"
     "\n\n  unforget audit --ckpt m.unlearned.safetensors --forget ids.txt --original "
-    "m.safetensors --refs 4 --json --csv scores.csv --plot roc.png",
+    "m.safetensors --refs 4 --jobs 2 --json --csv scores.csv --plot roc.png",
 )
 def audit(
     ckpt: Annotated[
@@ -496,6 +496,20 @@ def audit(
     budget: Annotated[
         float, typer.Option("--budget", help="Minutes for training references (with --refs auto).")
     ] = 10.0,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs", help="Local processes training references (torch threads = cores / N)."
+        ),
+    ] = 1,
+    ref_source: Annotated[
+        str,
+        typer.Option(
+            "--ref-source",
+            help="retain: references trained per request on the retain set; pool: trained "
+            "once on the held-out pool and reused by every request (see README).",
+        ),
+    ] = "retain",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     delta_auc: Annotated[float, typer.Option("--delta-auc", help="AUC margin δ.")] = 0.03,
     tpr_margin: Annotated[float, typer.Option("--tpr-margin", help="TPR@1%FPR margin.")] = 0.03,
@@ -562,6 +576,8 @@ def audit(
         flags=_flags(sets, **{"data.path": data, "model.name": model}),
         cache_dir=cache_dir,
         accept_data_change=accept_data_change,
+        jobs=jobs,
+        ref_source=ref_source,
     )
     check_audit_paths(
         ckpt=ckpt,
@@ -576,7 +592,11 @@ def audit(
     notice = (lambda text: None) if quiet or as_json else (lambda text: console.print(text))
     with _progress(not quiet and not as_json) as tick, using_key_file(ledger_key):
         report = run_audit(
-            request, precision=_precision(device), on_progress=tick, on_notice=notice
+            request,
+            precision=_precision(device),
+            on_progress=tick,
+            on_notice=notice,
+            on_warning=lambda text: console.print(text, style="bold yellow"),
         )
     if csv_path:
         write_csv(report, csv_path)

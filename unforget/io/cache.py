@@ -119,7 +119,8 @@ def prune(
     """
     refs = stale_references(references_dir(), deleted, everything=everything)
     kept = len(list(references_dir().glob("*.safetensors"))) - len(refs)
-    targets = [*refs]
+    sidecars = [p.with_suffix(".json") for p in refs if p.with_suffix(".json").is_file()]
+    targets = [*refs, *sidecars]
     datasets = Path(datasets_cache_dir())
     if datasets.is_dir():
         targets.append(datasets)

@@ -197,11 +197,13 @@ def audit(
     refs: int | None = 4,
     seed: int = 0,
     device: str = "auto",
+    jobs: int = 1,
+    ref_source: str = "retain",
 ) -> Any:
     """Membership-inference audit of ``forget`` in ``model``; the library form of
-    ``unforget audit``. Returns the :class:`unforget.workflows.audit.AuditReport` (its
-    ``verdict.status`` is PASS / FAIL-LEAK / FAIL-OVER / INCONCLUSIVE, ``verdict.exit_code``
-    the CLI's exit code)."""
+    ``unforget audit`` (``jobs`` and ``ref_source`` as ``--jobs`` and ``--ref-source``).
+    Returns the :class:`unforget.workflows.audit.AuditReport` (its ``verdict.status`` is
+    PASS / FAIL-LEAK / FAIL-OVER / INCONCLUSIVE, ``verdict.exit_code`` the CLI's exit code)."""
     from unforget.workflows.audit import AuditRequest, run_audit
 
     with tempfile.TemporaryDirectory(prefix="unforget-api-") as tmp:
@@ -218,5 +220,7 @@ def audit(
                 seed=seed,
                 config=Path(config) if config is not None else None,
                 flags=flags,
+                jobs=jobs,
+                ref_source=ref_source,
             )
             return run_audit(request, precision=_precision(device))

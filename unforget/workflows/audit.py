@@ -11,6 +11,7 @@ reported beside it for comparison with papers, never used for the verdict.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from unforget.io import checkpoint as ckpt_io
 from unforget.io.manifest import read_manifest
 from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
-from unforget.workflows import references
+from unforget.workflows import ref_budget, references
 from unforget.workflows.workspace import (
     Workspace,
     open_workspace,
@@ -64,6 +65,17 @@ class AuditRequest:
     cache_dir: Path | None = None
     accept_data_change: bool = False
     n_boot: int = 1000
+    jobs: int = 1  # local processes training references
+    ref_source: str = "retain"  # "retain" (per request) or "pool" (trained once; see references)
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise InputError(f"--jobs must be at least 1, not {self.jobs}")
+        if self.ref_source not in references.SOURCES:
+            raise InputError(
+                f"--ref-source must be one of {', '.join(references.SOURCES)}, "
+                f"not {self.ref_source!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -140,14 +152,23 @@ class _Scored:
 Notice = Callable[[str], None]
 
 
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
 def run_audit(
     request: AuditRequest,
     *,
     precision: Precision,
     on_progress: ProgressFn = silent,
     on_notice: Notice = lambda _: None,
+    on_warning: Notice = _stderr,
 ) -> AuditReport:
-    """Audit ``request.ckpt`` against ``request.manifest`` (see module docstring)."""
+    """Audit ``request.ckpt`` against ``request.manifest`` (see module docstring).
+
+    ``on_notice`` gets progress lines for humans; ``on_warning`` gets what must never be silent
+    (a cached reference that failed verification), by default on stderr.
+    """
     started = time.perf_counter()
     timing: dict[str, float] = {}
     manifest = read_manifest(request.manifest)
@@ -162,39 +183,25 @@ def run_audit(
     retain = ws.retain_rows(forget)
     inputs = _inputs(request, ws, manifest.sha256, len(forget), len(heldout))
     original_path = request.original or _original_from_receipt(request.ckpt, notes)
-    cache = request.cache_dir or references.default_cache_dir()
-    plan = references.plan(
-        request.refs,
-        ws=ws,
-        retain=retain,
-        seed=request.seed,
-        budget_minutes=request.budget_minutes,
-        cache_dir=cache,
-        precision=precision,
-    )
-    _precheck(
+    k_planned = request.refs if request.refs is not None else ref_budget.CHOICES[0]
+    sample = _precheck(
         len(forget),
         len(heldout),
-        k=plan.k + len(request.retrained),
+        k=k_planned + len(request.retrained),
         request=request,
         on_notice=on_notice,
     )
-    to_train = plan.k - plan.cached
-    on_notice(
-        f"references: K={plan.k} ({plan.reason}); {plan.cached} cached, {to_train} to "
-        f"train, about {to_train * plan.seconds_per_reference / 60:.1f} min"
-    )
     t0 = time.perf_counter()
-    refs = references.ensure(
-        plan.k,
-        ws=ws,
-        retain=retain,
-        seed=request.seed,
-        cache_dir=cache,
-        precision=precision,
-        on_progress=on_progress,
-    )
+    chosen = _references(request, ws, retain, precision, on_progress, on_notice, on_warning)
+    if chosen is None:
+        return _early(request, inputs, sample, notes, timing, started)
+    refs, records = chosen
     timing["references_seconds"] = time.perf_counter() - t0
+    inputs["references"] = [r.as_json() for r in records]
+    timing["references_trained"] = sum(r.status != "cached" for r in records)
+    notes += [
+        f"reference {r.identity.key[:12]}… rebuilt: {r.problem}" for r in records if r.problem
+    ]
     refs += [ws.load_model(p, precision) for p in request.retrained]
     diagnostics = tuple(d for p in request.retrained for d in _recipe_check(ws, p))
     target = ws.load_model(None, precision)
@@ -240,7 +247,7 @@ def run_audit(
 
 def _precheck(
     n_forget: int, n_heldout: int, *, k: int, request: AuditRequest, on_notice: Notice
-) -> None:
+) -> SampleSizeCheck:
     """Say before any training whether a PASS is reachable, and what would make it so.
 
     The attack runs either way (a small request can still be FAIL-LEAK, audit.md "Verdict").
@@ -252,6 +259,60 @@ def _precheck(
             f"(δ = {request.rule.delta_auc}); the attack still runs and can find a leak: "
             f"{check.advice}"
         )
+    return check
+
+
+def _references(
+    request: AuditRequest,
+    ws: Workspace,
+    retain: np.ndarray,
+    precision: Precision,
+    on_progress: ProgressFn,
+    on_notice: Notice,
+    on_warning: Notice,
+) -> tuple[list[nn.Module], list[references.Record]] | None:
+    """Choose K (estimate printed first), then load the verified or train the missing references.
+
+    Returns ``None`` when ``--refs auto`` cannot afford the minimum K for a PASS (the one-line
+    reason has been given to ``on_notice``; the audit is INCONCLUSIVE without training).
+    """
+    cache = request.cache_dir or references.default_cache_dir()
+    split, rows = references.training_rows(ws, request.ref_source, retain)
+    most = request.refs if request.refs is not None else ref_budget.CHOICES[0]
+    ids = references.identities(
+        ws,
+        source=request.ref_source,
+        rows=rows,
+        split=split,
+        seeds=references.reference_seeds(most, seed=request.seed),
+    )
+    measured: list[ref_budget.StepTiming] = []
+
+    def seconds_per_reference() -> float:
+        measured.append(ref_budget.measure_steps(ws, split=split, rows=rows, precision=precision))
+        return measured[-1].seconds_per_reference
+
+    plan = ref_budget.choose(
+        request.refs,
+        cached=lambda k: sum(references.is_cached(cache, i) for i in ids[:k]),
+        seconds_per_reference=seconds_per_reference,
+        budget_minutes=request.budget_minutes,
+        jobs=request.jobs,
+    )
+    if not plan.fits:
+        on_notice(f"references: {plan.reason}")
+        return None
+    on_notice(ref_budget.describe(plan, measured[-1] if measured else None))
+    return references.train_references(
+        ws,
+        identities=ids[: plan.k],
+        rows=rows,
+        cache_dir=cache,
+        precision=precision,
+        jobs=request.jobs,
+        on_progress=on_progress,
+        on_warning=on_warning,
+    )
 
 
 def _heldout_rows(ws: Workspace, forget: np.ndarray, ckpt: Path) -> tuple[np.ndarray, list[str]]:
@@ -456,6 +517,50 @@ def _settings(request: AuditRequest, attack: str, k: int) -> dict[str, Any]:
         "seed": request.seed,
         "refs": k,
         "refs_requested": "auto" if request.refs is None else request.refs,
+        "ref_source": request.ref_source,
         "attack": attack,
         "bootstrap": request.n_boot,
     }
+
+
+def _early(
+    request: AuditRequest,
+    inputs: dict[str, Any],
+    sample: SampleSizeCheck,
+    notes: list[str],
+    timing: dict[str, float],
+    started: float,
+) -> AuditReport:
+    """INCONCLUSIVE before any training: ``--refs auto`` cannot afford the minimum K for a PASS
+    within ``--budget`` (nothing was trained; the message says what budget would do)."""
+    explanation = (
+        f"--refs auto: even {ref_budget.MIN_REFS_FOR_PASS} references (the minimum for a PASS) "
+        f"do not fit the {request.budget_minutes:g}-minute --budget; no reference models were "
+        "trained (raise --budget, add --jobs, or pass --refs K)."
+    )
+    verdict = Verdict(
+        status="INCONCLUSIVE",
+        exit_code=5,
+        reasons=("reference_budget",),
+        evidence="none",
+        min_detectable_auc=sample.min_detectable_auc_delta,
+        explanation=explanation,
+    )
+    timing["total_seconds"] = time.perf_counter() - started
+    return AuditReport(
+        inputs=inputs,
+        settings=_settings(request, "none", 0),
+        sample=sample,
+        attack="none",
+        k=0,
+        target=None,
+        original=None,
+        references=(),
+        comparison=None,
+        positive_comparison=None,
+        signal_remaining=None,
+        diagnostics=(),
+        verdict=verdict,
+        timing=timing,
+        notes=tuple(notes),
+    )
