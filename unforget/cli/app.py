@@ -34,6 +34,9 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No human output on s
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+Compile = Annotated[
+    bool, typer.Option("--compile", help="torch.compile the model for training (CUDA only).")
+]
 Config = Annotated[
     Path | None, typer.Option("--config", help="TOML run spec ([model], [data], [recipe]).")
 ]
@@ -81,6 +84,12 @@ def _main(
 def _console() -> Any:
     from rich.console import Console
 
+    from unforget.runtime.distributed import is_writer
+
+    if not is_writer():  # under torchrun only rank 0 talks; errors still reach stderr
+        import os
+
+        return Console(file=open(os.devnull, "w"), highlight=False)
     return Console(stderr=True, highlight=False)
 
 
@@ -117,14 +126,21 @@ def _progress(enabled: bool) -> Iterator[Callable[[Any], None]]:
 
 
 def _emit_json(obj: Any) -> None:
+    from unforget.runtime.distributed import is_writer
+
+    if not is_writer():
+        return
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     sys.stdout.flush()
 
 
-def _precision(device: str, amp: bool = True) -> Any:
+def _precision(device: str, amp: bool = True, compile: bool = False) -> Any:
+    """The device's precision; under torchrun also joins the process group (one GPU per
+    local rank on CUDA)."""
     from unforget.runtime.device import precision_for, resolve_device
+    from unforget.runtime.distributed import init_from_env
 
-    return precision_for(resolve_device(device), amp=amp)
+    return precision_for(init_from_env(resolve_device(device)), amp=amp, compile=compile)
 
 
 def _flags(sets: list[str] | None, **named: Any) -> dict[str, Any]:
@@ -198,6 +214,7 @@ def train(
     config: Config = None,
     sets: Sets = None,
     device: Device = "auto",
+    compile_model: Compile = False,
     pgu_stats: Annotated[
         bool,
         typer.Option(
@@ -241,7 +258,7 @@ def train(
         report = train_checkpoint(
             spec,
             out=out,
-            precision=_precision(device),
+            precision=_precision(device, compile=compile_model),
             force=force,
             allow_plugin=allow_plugin,
             exclude=manifest,
@@ -398,6 +415,7 @@ def apply(
         ),
     ] = 0.15,
     device: Device = "auto",
+    compile_model: Compile = False,
     force: Force = False,
     ledger_key: LedgerKeyFile = None,
     as_json: Json = False,
@@ -427,7 +445,9 @@ def apply(
     from unforget.io.ledger import using_key_file
 
     with _progress(not quiet and not as_json) as tick, using_key_file(ledger_key):
-        result = run_apply(request, precision=_precision(device), on_progress=tick)
+        result = run_apply(
+            request, precision=_precision(device, compile=compile_model), on_progress=tick
+        )
     if as_json:
         _emit_json(apply_json(result))
     elif not quiet:
@@ -598,9 +618,11 @@ def audit(
             on_notice=notice,
             on_warning=lambda text: console.print(text, style="bold yellow"),
         )
-    if csv_path:
+    from unforget.runtime.distributed import is_writer
+
+    if csv_path and is_writer():
         write_csv(report, csv_path)
-    if plot:
+    if plot and is_writer():
         write_plot(report, plot)
     if as_json:
         _emit_json(to_json(report))

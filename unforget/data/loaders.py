@@ -18,6 +18,7 @@ import torch
 
 from unforget.config.spec import DataSpec
 from unforget.data.splits import InputInfo, Split
+from unforget.runtime import distributed
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -98,12 +99,22 @@ def make_loader(
     num_workers: int = 0,
     drop_last: bool = False,
 ) -> torch.utils.data.DataLoader[Batch]:
-    """A DataLoader over ``src``; shuffling is driven by ``seed`` alone (reproducible)."""
+    """A DataLoader over ``src``; shuffling is driven by ``seed`` alone (reproducible).
+
+    Under torchrun a shuffled loader is this rank's shard of the stream
+    (:func:`unforget.runtime.distributed.shard_sampler`) with ``⌈batch_size / world size⌉`` rows per
+    batch, so a step across all ranks still covers one global batch of ``batch_size`` rows;
+    unshuffled (evaluation) loaders are read whole by every rank.
+    """
     generator = torch.Generator().manual_seed(seed)
+    sampler = distributed.shard_sampler(src, seed=seed) if shuffle else None
+    if sampler is not None:
+        batch_size = -(-batch_size // distributed.world().size)
     return torch.utils.data.DataLoader(
         src,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         generator=generator,
         collate_fn=_passthrough,
         num_workers=num_workers,

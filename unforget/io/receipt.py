@@ -60,6 +60,8 @@ class Provenance:
     reference_rows: int
     reference_ids_sha256: str
     manifest_duplicates: int = 0  # repeated entries dropped from the manifest
+    world_size: int = 1  # processes that ran the method (torchrun)
+    backend: str | None = None  # their torch.distributed backend (gloo, nccl), None alone
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

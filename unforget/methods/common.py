@@ -19,6 +19,7 @@ from unforget.errors import InputError
 from unforget.methods.base import Loader, Outcome, UnlearnTask
 from unforget.methods.loop import weights_differ
 from unforget.runtime.device import Precision
+from unforget.runtime.distributed import any_rank
 from unforget.training.evaluate import predict
 
 
@@ -89,7 +90,7 @@ class ReferenceStop:
         else:
             self.kept_epoch = epoch
             self._previous = copy.deepcopy(self.model.state_dict())
-        return self.status != "running"
+        return any_rank(self.status != "running")
 
     def _gap(self, index: int) -> float:
         row = self.history[index]

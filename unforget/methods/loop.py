@@ -19,8 +19,10 @@ from unforget.data.loaders import Batch, to_device
 from unforget.errors import GuardRailError
 from unforget.methods.base import GuardConfig, Loader, Outcome, UnlearnTask
 from unforget.runtime.device import Precision
+from unforget.runtime.distributed import any_rank
 from unforget.runtime.progress import Tick
 from unforget.training.loop import augment, lr_factor, make_optimizer
+from unforget.training.step import TrainStep
 
 DEFAULT_SHARE = 0.1  # default length: this share of the recipe's epochs, in passes over R
 
@@ -103,7 +105,7 @@ class Guard:
 
     def check_loss(self, value: float, *, step: int, method: str) -> None:
         """Non-finite loss: restore the last good weights and stop the run."""
-        if not math.isfinite(value):
+        if any_rank(not math.isfinite(value)):
             self.restore()
             raise GuardRailError(
                 f"{method}: loss became {value} at step {step}; the run was "
@@ -115,7 +117,7 @@ class Guard:
         if step % self.config.check_every:
             return float("nan")
         current = accuracy(self.model, self.loader, self.precision)
-        if current < self.baseline - self.config.max_retain_drop:
+        if any_rank(current < self.baseline - self.config.max_retain_drop):
             self.restore()
             raise GuardRailError(
                 f"{method}: retain accuracy collapsed from {self.baseline:.1%} to {current:.1%} "
@@ -165,7 +167,8 @@ def steps_for(loader: Loader, epochs: float) -> int:
 def recipe_optimizer(task: UnlearnTask, *, lr_scale: float) -> torch.optim.Optimizer:
     """The recipe's optimiser (with its momentum and weight decay) at ``lr_scale`` × its lr."""
     recipe = dataclasses.replace(task.spec.recipe, lr=task.spec.recipe.lr * lr_scale)
-    return make_optimizer([p for p in task.model.parameters() if p.requires_grad], recipe)
+    params = [p for p in task.model.parameters() if p.requires_grad]
+    return make_optimizer(params, recipe, eager=not task.precision.compile)
 
 
 def retain_objective(task: UnlearnTask) -> LossFn:
@@ -215,44 +218,50 @@ def descend(
     """Minimise ``loss_fn()`` for up to ``steps`` steps of the recipe's optimiser at ``lr_scale``
     × its peak lr (:func:`recipe_optimizer`) on ``task.model``, guarded.
 
-    Each step: lr ← base lr × ``lr_factor(schedule)``; the loss under autocast (a non-finite loss
-    restores the last good weights and raises :class:`GuardRailError`); backward and step
-    through the AMP scaler; ``after_step()`` (e.g. SalUn's weight mask); the retain-accuracy
-    floor every ``task.guard.check_every`` steps and once more at the end; a progress tick;
-    ``should_stop(step)`` may end the run early with a reason. The model stays in eval mode.
+    Each step (:class:`~unforget.training.step.TrainStep`): lr ← base lr ×
+    ``lr_factor(schedule)``; the loss under autocast, backward and step through the AMP scaler
+    (gradients averaged across ranks under torchrun); ``after_step()`` (e.g. SalUn's weight
+    mask); a progress tick; ``should_stop(step)`` may end the run early with a reason. Every
+    ``task.guard.check_every`` steps and once more at the end (the only host syncs): a
+    non-finite loss since the last check restores the last good weights and raises
+    :class:`GuardRailError`, then the retain-accuracy floor. The model stays in eval mode.
     """
     model = task.model
     optimizer = recipe_optimizer(task, lr_scale=lr_scale)
     freeze_batchnorm(model)
     guard = Guard(model, task.retain_eval, task.precision, task.guard)
     guard.start()
-    scaler = task.precision.scaler()
+    train_step = TrainStep(model, optimizer, precision=task.precision)
     base = [group["lr"] for group in optimizer.param_groups]
-    first = last = float("nan")
+    first = float("nan")
     reason, step, start = "budget", 0, time.perf_counter()
     for step in range(1, steps + 1):
         for group, lr in zip(optimizer.param_groups, base, strict=True):
             group["lr"] = lr * lr_factor(schedule, step - 1, steps)
-        with task.precision.autocast():
-            loss = loss_fn()
-        last = float(loss.detach())
-        guard.check_loss(last, step=step, method=name)
-        first = last if step == 1 else first
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        train_step(loss_fn)
+        if step == 1:
+            first = _checked(train_step, guard, step=step, method=name)
         if after_step is not None:
             after_step()
-        guard.check(step=step, method=name)
-        task.on_progress(Tick(name, step, steps, {"loss": last}))
+        if step % task.guard.check_every == 0:
+            _checked(train_step, guard, step=step, method=name)
+            guard.check(step=step, method=name)
+        task.on_progress(Tick(name, step, steps, {"loss": train_step.last}))
         stop = should_stop(step) if should_stop is not None else None
         if stop:
             reason = stop
             break
+    last = _checked(train_step, guard, step=step, method=name)
     if step % task.guard.check_every:  # the steps since the last periodic check: check once more
         guard.check(step=0, method=name)
     return Trace(step, reason, first, last, time.perf_counter() - start)
+
+
+def _checked(train_step: TrainStep, guard: Guard, *, step: int, method: str) -> float:
+    """The last loss, after the non-finite check of every loss since the previous check."""
+    value, finite = train_step.flush()
+    guard.check_loss(value if finite else float("nan"), step=step, method=method)
+    return value
 
 
 def require(problems: list[str]) -> None:

@@ -77,7 +77,9 @@ from unforget.methods.common import (
 )
 from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, require
 from unforget.runtime.device import Precision
+from unforget.runtime.distributed import average, maximum, shard_sampler
 from unforget.runtime.progress import Tick
+from unforget.training.step import TrainStep, optimizer_for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,12 +167,14 @@ def harmonize(g_r: torch.Tensor, g_f: torch.Tensor) -> tuple[torch.Tensor, torch
     """
     r, f = g_r.double(), g_f.double()
     dot = torch.dot(r, f)
-    if dot >= 0:
-        return g_r, g_f
     tiny = torch.finfo(torch.float64).tiny
     r_new = r - dot / torch.dot(f, f).clamp_min(tiny) * f
     f_new = f - dot / torch.dot(r, r).clamp_min(tiny) * r
-    return r_new.to(g_r.dtype), f_new.to(g_f.dtype)
+    conflict = dot < 0  # chosen on the device: no host sync per step
+    return (
+        torch.where(conflict, r_new.to(g_r.dtype), g_r),
+        torch.where(conflict, f_new.to(g_f.dtype), g_f),
+    )
 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -200,10 +204,13 @@ def retain_subset(task: UnlearnTask, *, fraction: float, cap: int) -> Loader:
     size = max(1, min(cap, math.ceil(fraction * total), total))
     rng = np.random.default_rng(task.seed)
     rows = np.sort(rng.choice(total, size=size, replace=False)).tolist()
+    subset = torch.utils.data.Subset(dataset, rows)
+    sampler = shard_sampler(subset, seed=task.seed)  # this rank's share under torchrun
     return torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, rows),
+        subset,
         batch_size=task.retain.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         generator=torch.Generator().manual_seed(task.seed),
         collate_fn=task.retain.collate_fn,
         pin_memory=task.precision.device.type == "cuda",
@@ -264,14 +271,20 @@ def _meta_loop(
         device_batch(next(query_it), precision),
         device_batch(next(reference_it), precision),
     )
-    curvature_f = meta.curvature(forget0, reference0)
-    curvature_t = meta.curvature(forget0, reference0, device_batch(next(retain_it), precision))
+    # under torchrun each rank measured its own batches: all take the largest (the safe step)
+    curvature_f = maximum(meta.curvature(forget0, reference0))
+    curvature_t = maximum(
+        meta.curvature(forget0, reference0, device_batch(next(retain_it), precision))
+    )
     meta.inner_lr = config.inner_lr or config.inner_scale / curvature_f
     lr, stable_lr = config.lr, config.lr_scale / curvature_t
     details.update(
         curvature_forget=curvature_f, curvature_total=curvature_t, inner_lr=meta.inner_lr
     )
-    optimizer = torch.optim.SGD(meta.params, lr=lr or 0.0)
+    optimizer = optimizer_for("sgd", meta.params, lr=lr or 0.0, eager=not precision.compile)
+    # fp32 where fp16 would need loss scaling; gradients are averaged below, before harmonising
+    train_step = TrainStep(model, optimizer, precision=precision, scale=False, sync=False)
+    conflicts = torch.zeros((), dtype=torch.int64, device=precision.device)
     guard = Guard(model, task.retain_eval, precision, task.guard)
     guard.start()
     epochs = forget_epochs(task, budget=config.budget, max_epochs=config.max_epochs)
@@ -285,20 +298,30 @@ def _meta_loop(
                 device_batch(next(retain_it), precision),
                 device_batch(next(reference_it), precision),
             )
-            details["conflicts"] += int(torch.dot(g_r, g_f) < 0)
+            g_r, g_f = average(g_r), average(g_f)  # the global batch's meta-gradients
+            conflicts += torch.dot(g_r, g_f) < 0
             r, f = harmonize(g_r, g_f)
             set_grads(meta.params, r + f)
             if lr is None:
                 lr = capped_lr(meta.params, config.relative_step, stable_lr)
                 optimizer.param_groups[0]["lr"] = details["lr"] = lr or 0.0
-            optimizer.step()
+            train_step.update()
+            train_step.track(value)
             step += 1
-            guard.check_loss(value, step=step, method="ltu")
-            guard.check(step=step, method="ltu")
-            task.on_progress(Tick("ltu", step, total, {"loss": value}))
+            if step % task.guard.check_every == 0:
+                _check_loss(train_step, guard, step)
+                guard.check(step=step, method="ltu")
+            task.on_progress(Tick("ltu", step, total, {"loss": train_step.last}))
+        _check_loss(train_step, guard, step)
+        details["conflicts"] = int(conflicts)
         if stop.measure(epoch):
             break
     return step
+
+
+def _check_loss(train_step: TrainStep, guard: Guard, step: int) -> None:
+    value, finite = train_step.flush()
+    guard.check_loss(value if finite else float("nan"), step=step, method="ltu")
 
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -364,8 +387,9 @@ class MetaStep:
 
     def gradients(
         self, support: Pair, query: Pair, retain: Pair, reference: Pair
-    ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """``(g_r, g_f, loss)``: flat remembering and forgetting meta-gradients."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(g_r, g_f, loss)``: flat remembering and forgetting meta-gradients and the
+        (detached) meta-objective."""
         alpha, order2 = float(self.inner_lr or 0.0), not self.config.first_order
         with autocast(self.precision):
             target = self.reference(reference)
@@ -391,7 +415,7 @@ class MetaStep:
             ),
             self.params,
         )
-        return g_r, g_f, float((tune + test + remember).detach())
+        return g_r, g_f, (tune + test + remember).detach()
 
 
 def set_grads(params: list[nn.Parameter], vector: torch.Tensor) -> None:

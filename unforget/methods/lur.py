@@ -65,7 +65,9 @@ from unforget.methods.common import (
 from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, require
 from unforget.methods.random_label import random_wrong_labels
 from unforget.runtime.device import Precision
+from unforget.runtime.distributed import maximum
 from unforget.runtime.progress import Tick
+from unforget.training.step import TrainStep, optimizer_for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,52 +233,63 @@ def _loop(
         return x, random_wrong_labels(y, classes, generator)
 
     forget0, retain0 = forget_batch(), device_batch(next(retain_it), precision)
-    curvature_f = _curvature(model, params, (forget0,), config, precision)
-    curvature_t = _curvature(model, params, (forget0, retain0), config, precision)
+    # under torchrun each rank measured its own batches: all take the largest (the safe step)
+    curvature_f = maximum(_curvature(model, params, (forget0,), config, precision))
+    curvature_t = maximum(_curvature(model, params, (forget0, retain0), config, precision))
     inner_lr = config.inner_lr or config.inner_scale / curvature_f
     lr, stable_lr = config.lr, config.lr_scale / curvature_t
     details.update(curvature_forget=curvature_f, curvature_total=curvature_t, inner_lr=inner_lr)
-    optimizer = torch.optim.SGD(list(params.values()), lr=lr or 0.0)
+    optimizer = optimizer_for(
+        "sgd", list(params.values()), lr=lr or 0.0, eager=not precision.compile
+    )
+    # fp32 where fp16 would need loss scaling (it is fragile through a look-ahead step)
+    train_step = TrainStep(model, optimizer, precision=precision, scale=False)
     guard = Guard(model, task.retain_eval, precision, task.guard)
     guard.start()
     epochs = forget_epochs(task, budget=config.budget, max_epochs=config.max_epochs)
     per_epoch, step = len(task.forget), 0
+    parts: dict[str, torch.Tensor] = {}
+
+    def objective() -> torch.Tensor:
+        total, parts["forget"], parts["retain"] = lur_objective(
+            model,
+            params,
+            forget_batch(),
+            device_batch(next(retain_it), precision),
+            inner_lr=inner_lr,
+            retain_weight=config.retain_weight,
+            create_graph=not config.first_order,
+        )
+        return total
+
+    def calibrate() -> None:  # the first step's lr, from the rank-averaged gradient
+        nonlocal lr
+        if lr is None:
+            lr = capped_lr(list(params.values()), config.relative_step, stable_lr)
+            optimizer.param_groups[0]["lr"] = details["lr"] = lr or 0.0
+
+    fields: dict[str, float] = {}
     for epoch in range(1, epochs + 1):
         for _ in range(per_epoch):
-            with autocast(precision):
-                total, forget_loss, retain_loss = lur_objective(
-                    model,
-                    params,
-                    forget_batch(),
-                    device_batch(next(retain_it), precision),
-                    inner_lr=inner_lr,
-                    retain_weight=config.retain_weight,
-                    create_graph=not config.first_order,
-                )
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if lr is None:
-                lr = capped_lr(list(params.values()), config.relative_step, stable_lr)
-                optimizer.param_groups[0]["lr"] = details["lr"] = lr or 0.0
-            optimizer.step()
+            train_step(objective, before_update=calibrate)
             step += 1
-            value = float(total.detach())
-            guard.check_loss(value, step=step, method="lur")
-            guard.check(step=step, method="lur")
-            task.on_progress(
-                Tick(
-                    "lur",
-                    step,
-                    epochs * per_epoch,
-                    {
-                        "forget_loss": float(forget_loss.detach()),
-                        "retain_loss": float(retain_loss.detach()),
-                    },
-                )
-            )
+            if step % task.guard.check_every == 0:
+                fields = _check(train_step, guard, parts, step)
+                guard.check(step=step, method="lur")
+            task.on_progress(Tick("lur", step, epochs * per_epoch, fields))
+        _check(train_step, guard, parts, step)
         if stop.measure(epoch):
             break
     return step
+
+
+def _check(
+    train_step: TrainStep, guard: Guard, parts: dict[str, torch.Tensor], step: int
+) -> dict[str, float]:
+    """The non-finite check and the last step's two losses (host syncs at checks only)."""
+    value, finite = train_step.flush()
+    guard.check_loss(value if finite else float("nan"), step=step, method="lur")
+    return {f"{k}_loss": float(v.detach()) for k, v in parts.items()}
 
 
 def _curvature(

@@ -53,6 +53,7 @@ Choices where the paper is silent or we depart from it, and why:
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -81,7 +82,9 @@ from unforget.methods.pgu_stats import (
     supported_layers,
     updated_statistics,
 )
+from unforget.runtime.distributed import whole
 from unforget.runtime.progress import Tick
+from unforget.training.step import TrainStep, optimizer_for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,7 +273,8 @@ def retain_statistics(task: UnlearnTask) -> tuple[dict[str, torch.Tensor], dict[
         except (CheckpointError, ValueError) as exc:
             details["statistics_note"] = f"sidecar {task.statistics.name} not used: {exc}"
     details["statistics"] = "computed"
-    return compute_statistics(task.model, task.retain, task.precision), details
+    # every rank needs C^R of the whole retain set, not of its shard (torchrun)
+    return compute_statistics(task.model, whole(task.retain), task.precision), details
 
 
 def sidecar_update(task: UnlearnTask) -> dict[str, torch.Tensor] | None:
@@ -328,37 +332,45 @@ def _descend(
     epochs = forget_epochs(task, budget=config.budget, max_epochs=config.max_epochs)
     total = epochs * len(task.forget)
     decay = config.lr_decay ** (1.0 / max(total - 1, 1))
-    optimizer = torch.optim.SGD(trainable, lr=config.lr or 0.0, momentum=0.0, weight_decay=0.0)
-    scaler = precision.scaler()
+    optimizer = optimizer_for("sgd", trainable, lr=config.lr or 0.0, eager=not precision.compile)
+    train_step = TrainStep(model, optimizer, precision=precision)
     guard = Guard(model, task.retain_eval, precision, task.guard)
     guard.start()
     lr0, step = config.lr, 0
+
+    def project_and_scale() -> None:
+        # (4) on the unscaled, rank-averaged gradients; (5) the lr of this step
+        nonlocal lr0
+        project_gradients(layers, bases)
+        if lr0 is None:
+            lr0 = calibrated_lr(trainable, config.relative_step)
+            details["lr"] = lr0
+        for group in optimizer.param_groups:
+            group["lr"] = (lr0 or 0.0) * decay**step
+
+    def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return forget_objective(
+            model(x), y, offset=config.offset, entropy_weight=config.entropy_weight
+        )
+
     for epoch in range(1, epochs + 1):
         for batch in task.forget:
             x, y = device_batch(batch, precision)
-            with precision.autocast():
-                logits = model(x)
-            loss = forget_objective(
-                logits, y, offset=config.offset, entropy_weight=config.entropy_weight
-            )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            project_gradients(layers, bases)
-            if lr0 is None:
-                lr0 = calibrated_lr(trainable, config.relative_step)
-                details["lr"] = lr0
-            for group in optimizer.param_groups:
-                group["lr"] = (lr0 or 0.0) * decay**step
-            scaler.step(optimizer)
-            scaler.update()
+            train_step(functools.partial(objective, x, y), before_update=project_and_scale)
             step += 1
-            guard.check_loss(float(loss.detach()), step=step, method="pgu")
-            guard.check(step=step, method="pgu")
-            task.on_progress(Tick("pgu", step, total, {"loss": float(loss.detach())}))
+            if step % task.guard.check_every == 0:
+                _check_loss(train_step, guard, step)
+                guard.check(step=step, method="pgu")
+            task.on_progress(Tick("pgu", step, total, {"loss": train_step.last}))
+        _check_loss(train_step, guard, step)
         if stop.measure(epoch):
             break
     return step, stop
+
+
+def _check_loss(train_step: TrainStep, guard: Guard, step: int) -> None:
+    value, finite = train_step.flush()
+    guard.check_loss(value if finite else float("nan"), step=step, method="pgu")
 
 
 METHOD = Pgu()

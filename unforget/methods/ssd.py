@@ -46,6 +46,7 @@ from unforget.errors import GuardRailError, InputError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import device_batch, freeze_batchnorm, require
 from unforget.runtime.device import Precision
+from unforget.runtime.distributed import whole
 from unforget.runtime.progress import Tick
 
 CHUNK_ENTRIES = 2**26  # per-sample gradient entries held at once (256 MiB in fp32)
@@ -247,9 +248,9 @@ def importances(model: nn.Module, task: UnlearnTask) -> Importances:
     Raises:
         GuardRailError: an importance is not finite (fp16 overflow); nothing was changed.
     """
-    forget_sum, n_forget = squared_gradient_sum(model, task.forget, task.precision)
+    forget_sum, n_forget = squared_gradient_sum(model, whole(task.forget), task.precision)
     task.on_progress(Tick("ssd", 1, 2, {}))
-    retain_sum, n_retain = squared_gradient_sum(model, task.retain, task.precision)
+    retain_sum, n_retain = squared_gradient_sum(model, whole(task.retain), task.precision)
     task.on_progress(Tick("ssd", 2, 2, {}))
     n_full = max(n_forget + n_retain, 1)
     forget = {name: total / max(n_forget, 1) for name, total in forget_sum.items()}

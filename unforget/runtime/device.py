@@ -18,10 +18,12 @@ from unforget.errors import InputError
 
 @dataclass(frozen=True)
 class Precision:
-    """The autocast dtype (None = fp32) and whether gradients need scaling (fp16)."""
+    """The autocast dtype (None = fp32), whether gradients need scaling (fp16), and whether
+    training loops run the model under ``torch.compile`` (``--compile``, CUDA only)."""
 
     device: torch.device
     dtype: torch.dtype | None
+    compile: bool = False
 
     @property
     def needs_scaler(self) -> bool:
@@ -57,12 +59,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def precision_for(device: torch.device, *, amp: bool = True) -> Precision:
-    """bf16 autocast on CUDA GPUs that support it, else fp16; fp32 on CPU or with ``amp=False``."""
+def precision_for(device: torch.device, *, amp: bool = True, compile: bool = False) -> Precision:
+    """bf16 autocast on CUDA GPUs that support it, else fp16; fp32 on CPU or with ``amp=False``.
+
+    ``compile`` is honoured on CUDA only: on CPU the compile time (tens of seconds) exceeds
+    what it saves on the small models unforget trains there.
+    """
+    compile = compile and device.type == "cuda"
     if device.type != "cuda" or not amp:
-        return Precision(device=device, dtype=None)
+        return Precision(device=device, dtype=None, compile=compile)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return Precision(device=device, dtype=dtype)
+    return Precision(device=device, dtype=dtype, compile=compile)
 
 
 def seed_everything(seed: int) -> None:

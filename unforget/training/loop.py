@@ -4,6 +4,7 @@ audit's reference models all go through :func:`fit`, so they share one recipe an
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -17,8 +18,12 @@ from unforget.data.loaders import Encoder, make_loader, source, to_device
 from unforget.data.splits import InputInfo, Split
 from unforget.errors import GuardRailError
 from unforget.models import build_model
+from unforget.runtime import distributed
 from unforget.runtime.device import Precision, seed_everything
 from unforget.runtime.progress import ProgressFn, Tick, silent
+from unforget.training.step import OptimizerKind, TrainStep, optimizer_for
+
+CHECK_EVERY = 20  # steps between host reads of the loss (the non-finite check)
 
 
 @dataclass(frozen=True)
@@ -36,13 +41,20 @@ class TrainResult:
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
 
-def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum, Nesterov off) with the recipe's lr and weight decay."""
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
-        )
-    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+def make_optimizer(
+    params: list[nn.Parameter], recipe: Recipe, *, eager: bool = True
+) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum, Nesterov off) with the recipe's lr and weight decay
+    (``eager``: see :func:`unforget.training.step.optimizer_for`)."""
+    kind: OptimizerKind = "sgd" if recipe.optimizer == "sgd" else "adamw"
+    return optimizer_for(
+        kind,
+        params,
+        lr=recipe.lr,
+        momentum=recipe.momentum if kind == "sgd" else 0.0,
+        weight_decay=recipe.weight_decay,
+        eager=eager,
+    )
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -92,16 +104,24 @@ def train_loop(
 ) -> TrainResult:
     """Minimise cross-entropy over ``recipe.epochs`` passes of ``loader``.
 
+    Under torchrun ``model`` is trained inside DistributedDataParallel (gradients averaged
+    over ranks, each reading its shard of ``loader``); the loss is read on the host only every
+    ``CHECK_EVERY`` steps and at the end.
+
     Raises:
         GuardRailError: the loss became non-finite (diverged); nothing is written.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, recipe)
-    scaler = precision.scaler()
+    optimizer = make_optimizer(params, recipe, eager=not precision.compile)
+    step_fn = TrainStep(distributed.wrap(model), optimizer, precision=precision)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     generator = torch.Generator().manual_seed(seed + 1)
     total = recipe.epochs * len(loader)
+
+    def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return loss_fn(step_fn.model(x), y)
+
     step, samples, last = 0, 0, float("nan")
     start = time.perf_counter()
     for _ in range(recipe.epochs):
@@ -110,17 +130,12 @@ def train_loop(
             x = augment(x, recipe.augmentation, generator)
             for group in optimizer.param_groups:
                 group["lr"] = recipe.lr * lr_factor(recipe.schedule, step, total)
-            with precision.autocast():
-                loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            step_fn(functools.partial(objective, x, y))
             step += 1
             samples += len(y)
-            if step % 20 == 0 or step == total:
-                last = float(loss.detach())
-                if not math.isfinite(last):
+            if step % CHECK_EVERY == 0 or step == total:
+                last, finite = step_fn.flush()
+                if not finite:
                     raise GuardRailError(f"{task}: loss became {last} at step {step}; lower lr")
                 on_progress(Tick(task, step, total, {"loss": last}))
     seconds = time.perf_counter() - start
@@ -152,6 +167,8 @@ def fit(
         spec.model, input_shape=info.shape, num_classes=info.num_classes, allow_plugin=allow_plugin
     )
     model = prepare_model(model, precision)
+    if precision.compile:
+        model.compile()  # in place: parameter names (and checkpoints) stay as they are
     src = source(split, rows, spec=spec.data, info=info, encoder=encoder)
     loader = make_loader(
         src,

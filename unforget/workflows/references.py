@@ -41,6 +41,7 @@ from unforget.errors import CheckpointError, DataError, UnforgetError
 from unforget.io import cache
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.fileio import atomic_write_json
+from unforget.runtime import distributed
 from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
 from unforget.workflows.workspace import Workspace
@@ -437,6 +438,8 @@ def train_references(
         from unforget.workflows.ref_worker import run_workers
 
         records = run_workers(jobs_list, jobs=jobs, threads=worker_threads(jobs))
+    elif distributed.world().distributed:
+        records = train_by_rank(jobs_list, ws, on_progress)
     else:
         records = [train_one(job, ws, on_progress)[0] for job in jobs_list]
     for (identity, problem), record in zip(todo, records, strict=True):
@@ -448,6 +451,36 @@ def train_references(
         loaded[identity.key] = (_model(ws, checkpoint, precision), record)
     pairs = [loaded[i.key] for i in identities]
     return [m for m, _ in pairs], [r for _, r in pairs]
+
+
+def train_by_rank(jobs: Sequence[Job], ws: Workspace, on_progress: ProgressFn) -> list[Record]:
+    """Under torchrun: job i is trained by rank ``i mod W`` ALONE (no DDP, the whole retain
+    set), so each file is bit for bit the one a single process writes; after a barrier every
+    rank reads the others' files from the cache (which must be a folder all ranks see)."""
+    current, mine = distributed.world(), {}
+    with distributed.local():
+        for i, job in enumerate(jobs):
+            if i % current.size == current.rank:
+                mine[i] = train_one(job, ws, on_progress)[0]
+    distributed.barrier()
+    records = []
+    for i, job in enumerate(jobs):
+        if i in mine:
+            records.append(mine[i])
+            continue
+        checkpoint, problem, side = verify(job.cache_dir, job.identity)
+        if checkpoint is None:
+            raise UnforgetError(f"reference {job.identity.key[:12]}… from another rank: {problem}")
+        records.append(
+            Record(
+                job.identity,
+                checkpoint.sha256,
+                side["weights_sha256"],
+                "trained",
+                threads=side["threads"],
+            )
+        )
+    return records
 
 
 def _model(ws: Workspace, checkpoint: ckpt_io.Checkpoint, precision: Precision) -> nn.Module:

@@ -26,6 +26,7 @@ from unforget.io.fileio import refuse_existing
 from unforget.io.ledger import entries_to_json, load_or_create_key, new_entry
 from unforget.io.manifest import Manifest, canonical_ids, resolve_rows
 from unforget.methods.pgu_stats import compute_statistics, save_statistics, sidecar_path
+from unforget.runtime import distributed
 from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
 from unforget.training.evaluate import Score, predict, score
@@ -152,15 +153,18 @@ def train_checkpoint(
         "device": str(precision.device),
         "time": utc_now(),
         "train_seconds": round(result.seconds, 3),
+        "world_size": distributed.world().size,
+        "backend": distributed.world().backend,
         "train_accuracy": round(scores[0].accuracy, 6),
         "heldout_accuracy": round(scores[1].accuracy, 6),
     }
     meta = {KEY_SPEC: stored.to_json(), KEY_PROVENANCE: provenance, **extra_meta}
     if ledger:
         meta[KEY_LEDGER] = entries_to_json(ledger)
-    sha = save_checkpoint(out, state_dict_cpu(model), metadata=meta, force=force)
+    writer = distributed.is_writer()  # under torchrun only rank 0 writes
+    sha = save_checkpoint(out, state_dict_cpu(model), metadata=meta, force=force) if writer else ""
     statistics = None
-    if pgu_stats:
+    if pgu_stats and writer:
         loader = make_loader(
             source(train, all_rows, spec=spec.data, info=info, encoder=encoder),
             batch_size=512,

@@ -8,6 +8,7 @@ the receipt cannot be written), so a failure never leaves a half-written result.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -21,6 +22,7 @@ from unforget import __version__
 from unforget.config.options import as_plain
 from unforget.config.spec import relativise_data_path
 from unforget.data.loaders import make_loader, source
+from unforget.errors import GuardRailError
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.fileio import (
     Staged,
@@ -42,6 +44,7 @@ from unforget.methods import get_method, make_config
 from unforget.methods.base import GuardConfig, Outcome, UnlearnTask
 from unforget.methods.pgu import sidecar_update
 from unforget.methods.pgu_stats import sidecar_path, statistics_bytes
+from unforget.runtime import distributed
 from unforget.runtime.device import Precision, seed_everything
 from unforget.runtime.progress import ProgressFn, silent
 from unforget.training.evaluate import predict, score
@@ -188,12 +191,14 @@ def apply(
         # the retain set); forgetting them again would only count them twice.
         fresh = ~np.asarray(covered(ws.ledger, [ws.train.ids[r] for r in forget]), dtype=bool)
         forget = forget[fresh] if ws.ledger else forget
-    with output_lock(out):  # one writer per output, from here to the receipt
+    # One writer per output, from here to the receipt (under torchrun: rank 0 alone writes).
+    writer = distributed.is_writer()
+    with output_lock(out) if writer else contextlib.nullcontext():
         # A checkpoint left without its receipt by a killed run is unfinished: replace it.
         replace = request.force or orphaned_output(out)
         plan = apply_paths(request, out, data=Path(ws.spec.data.path))
         check_plan(plan, refuse={name: not replace for name in plan.outputs})
-        for path in plan.outputs.values():  # only apply writes these, under out's lock
+        for path in plan.outputs.values() if writer else ():  # only apply writes these
             remove_stale_temps(path)
         return _run(ws, request, manifest, forget, out, method, config, precision, on_progress)
 
@@ -242,7 +247,14 @@ def _run(
     start = time.perf_counter()
     outcome: Outcome = method.run(task, config)
     seconds = time.perf_counter() - start
+    if not distributed.replicas_agree(outcome.model):
+        raise GuardRailError(
+            f"{request.method}: the processes ended with different weights (the method does not "
+            "average its gradients across ranks); nothing was written: run it without torchrun"
+        )
     after = _snapshot(outcome.model, ws, forget, evals, precision)
+    if not distributed.is_writer():  # one writer: rank 0 writes the checkpoint and receipt
+        return ApplyResult(out=out, receipt_path=receipt_path(out), receipt=None)
     return _write(
         ws,
         request,
@@ -267,6 +279,8 @@ def _task(
     on_progress: ProgressFn,
 ) -> tuple[UnlearnTask, dict[str, Any]]:
     model = ws.load_model(None, precision)
+    if precision.compile:
+        model.compile()  # in place: parameter names (and the checkpoint) stay as they are
     retain = ws.retain_rows(forget)
     rng = np.random.default_rng(request.seed)
     sample = np.sort(rng.choice(retain, size=min(RETAIN_SAMPLE, len(retain)), replace=False))
@@ -399,6 +413,8 @@ def _write(
         data_changed=ws.data_changed,
         reference_rows=len(reference_ids),
         reference_ids_sha256=hashlib.sha256("\n".join(reference_ids).encode()).hexdigest(),
+        world_size=distributed.world().size,
+        backend=distributed.world().backend,
     )
     key, key_created = load_or_create_key()
     entry = new_entry(
