@@ -13,6 +13,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["HF_HOME"] = os.environ.get("UNFORGET_TEST_HF_HOME", _HF_HOME)
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# Caches and the ledger key live in temp folders, never in the user's home.
+os.environ.setdefault("UNFORGET_CACHE", tempfile.mkdtemp(prefix="unforget-cache-"))
+os.environ["UNFORGET_CONFIG"] = tempfile.mkdtemp(prefix="unforget-config-")
+os.environ.pop("UNFORGET_LEDGER_KEY_FILE", None)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"

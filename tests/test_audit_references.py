@@ -157,7 +157,9 @@ def test_changed_pixels_change_the_identity(
     """IDs and labels unchanged, one input changed: still another reference."""
     ws = open_workspace(micro_ckpt)
     changed = _copy_data(sample_dir / "fashion-mnist", tmp_path / "pixels", pixel_row=3)
-    ws2 = open_workspace(micro_ckpt, flags={"data.path": str(changed)})  # same ID/label fingerprint
+    # The data fingerprint covers inputs too (issue 12 item 5), so the change must be accepted.
+    ws2 = open_workspace(micro_ckpt, flags={"data.path": str(changed)}, accept_data_change=True)
+    assert ws2.data_changed
     rows = np.arange(len(ws.train))
     a = references.identities(ws, source="retain", rows=rows, split=ws.train, seeds=[1])[0]
     b = references.identities(ws2, source="retain", rows=rows, split=ws2.train, seeds=[1])[0]

@@ -15,7 +15,15 @@ import torch
 
 from unforget.config.spec import DataSpec
 from unforget.data.loaders import make_loader, source, to_device
-from unforget.data.splits import detect_format, fingerprint, input_info, load_split, reference_mask
+from unforget.data.splits import (
+    detect_format,
+    fingerprint,
+    fingerprint_matches,
+    input_info,
+    legacy_fingerprint,
+    load_split,
+    reference_mask,
+)
 from unforget.errors import DataError
 from unforget.workflows.workspace import open_workspace
 
@@ -241,7 +249,7 @@ def test_fingerprint_tracks_ids_and_labels(fmnist: DataSpec, tmp_path: Path) -> 
     train = load_split(fmnist, "train")
     shutil.copytree(fmnist.path, tmp_path / "copy")
     copy = load_split(DataSpec(path=str(tmp_path / "copy")), "train")
-    assert fingerprint(copy) == fingerprint(train)
+    assert fingerprint(copy, fmnist) == fingerprint(train, fmnist)
     labels = train.labels.copy()
     labels[123] = (labels[123] + 1) % 10
     (tmp_path / "relabelled").mkdir()
@@ -252,7 +260,45 @@ def test_fingerprint_tracks_ids_and_labels(fmnist: DataSpec, tmp_path: Path) -> 
     )
     relabelled = load_split(DataSpec(path=str(tmp_path / "relabelled")), "train")
     assert relabelled.labels[123] != train.labels[123]
-    assert fingerprint(relabelled) != fingerprint(train)
+    assert fingerprint(relabelled, fmnist) != fingerprint(train, fmnist)
+
+
+def test_fingerprint_ignores_row_order(fmnist: DataSpec, tmp_path: Path) -> None:
+    """Issue 12 item 5: a shuffled copy of the same rows is the same data."""
+    table = pq.read_table(Path(fmnist.path) / "train.parquet")
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    (tmp_path / "shuffled").mkdir()
+    pq.write_table(table.take(order), tmp_path / "shuffled" / "train.parquet")
+    shuffled = load_split(DataSpec(path=str(tmp_path / "shuffled")), "train")
+    train = load_split(fmnist, "train")
+    assert shuffled.ids != train.ids
+    assert fingerprint(shuffled, fmnist) == fingerprint(train, fmnist)
+    assert fingerprint(train, fmnist).startswith("v2:")
+
+
+def test_fingerprint_covers_the_inputs(fmnist: DataSpec, tmp_path: Path) -> None:
+    """Issue 12 item 5: one changed pixel of one image changes the fingerprint."""
+    table = pq.read_table(Path(fmnist.path) / "train.parquet")
+    images = table.column("image").to_pylist()
+    images[4321][10][10] = (images[4321][10][10] + 1) % 256
+    field = table.schema.field("image")
+    index = table.schema.get_field_index("image")
+    (tmp_path / "edited").mkdir()
+    pq.write_table(
+        table.set_column(index, field, pa.array(images, type=field.type)),
+        tmp_path / "edited" / "train.parquet",
+    )
+    edited = load_split(DataSpec(path=str(tmp_path / "edited")), "train")
+    train = load_split(fmnist, "train")
+    assert edited.ids == train.ids and (edited.labels == train.labels).all()
+    assert fingerprint(edited, fmnist) != fingerprint(train, fmnist)
+
+
+def test_legacy_fingerprints_stay_readable(fmnist: DataSpec, tmp_path: Path) -> None:
+    """A checkpoint from before ``v2`` recorded the row-order hash of IDs and labels."""
+    train = load_split(fmnist, "train")
+    assert fingerprint_matches(legacy_fingerprint(train), train, fmnist)[0]
+    assert not fingerprint_matches("0" * 64, train, fmnist)[0]
 
 
 def test_changed_training_data_stops_open_workspace_unless_accepted(

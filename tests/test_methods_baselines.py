@@ -143,7 +143,12 @@ def test_contract_random_forgetting(method: str, run: Run, tiny_ckpt: Path) -> N
     if method in READS_FORGET_LABELS:
         assert after["forget"]["accuracy"] < before["forget"]["accuracy"]
     else:
-        assert after["forget"]["accuracy"] <= before["forget"]["accuracy"] + NOISE
+        # Without forget labels the forget rows move like unseen data: fine-tuning on the retain
+        # set may improve generalisation, and with it forget accuracy, by float32-level
+        # differences in training (thread count) more or less; a gain beyond held-out's gain
+        # plus a few rows would mean the forget set was learnt.
+        generalisation = max(0.0, after["heldout"]["accuracy"] - before["heldout"]["accuracy"])
+        assert after["forget"]["accuracy"] <= before["forget"]["accuracy"] + generalisation + NOISE
 
 
 def test_retrain_records_recipe(run: Run) -> None:

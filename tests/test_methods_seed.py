@@ -46,6 +46,9 @@ from unforget.workflows.workspace import Workspace, open_workspace
 
 SEED_METHODS = ("pgu", "ltu", "lur")
 TOLERANCE = 0.03  # absolute accuracy: retain sample and held-out may fall at most 3 points
+# |δC_ij| ≤ Σ_n |δ(x_i x_j)| ≲ 2·ε·Σ_n |x_i||x_j| ≤ 2·ε·max_k C_kk with ε ≈ 2e-6, the relative
+# error of a float32 activation after a 784-term dot product; so 1e-5 of the largest entry.
+STATS_RTOL = 1e-5
 PRECISION = precision_for(resolve_device("cpu"))
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "sample_data" / "forget_random10.txt"
@@ -185,7 +188,11 @@ def test_pgu_update_is_orthogonal_to_the_retained_subspace(
 
 
 def test_statistics_subtraction_equals_retain_statistics(tiny_ckpt: Path) -> None:
-    """C^full − C^F == C^R measured on R directly (float64, up to summation order)."""
+    """C^full − C^F == C^R measured on R directly (float64 sums of float32 activations).
+
+    The layer inputs x come from float32 forward passes whose last bits depend on the batch a
+    row is in and on the thread count (BLAS blocking), so equality holds to float32 precision,
+    not float64: see :data:`STATS_RTOL`."""
     model, ws = _workspace_model(tiny_ckpt)
     forget = ws.forget_rows(read_manifest(MANIFEST))
     retain = ws.retain_rows(forget)
@@ -201,7 +208,9 @@ def test_statistics_subtraction_equals_retain_statistics(tiny_ckpt: Path) -> Non
         dim = stats_io.input_dim(dict(model.named_modules())[name])
         assert difference[name].shape == (dim, dim)
         scale = float(c_retain[name].abs().max())
-        torch.testing.assert_close(difference[name], c_retain[name], rtol=1e-10, atol=1e-10 * scale)
+        torch.testing.assert_close(
+            difference[name], c_retain[name], rtol=STATS_RTOL, atol=STATS_RTOL * scale
+        )
     # The bias coordinate counts inputs: C[-1, -1] = Σ 1·1 = number of input vectors.
     assert float(c_retain["net.1"][-1, -1]) == len(retain)
     with pytest.raises(ValueError, match="cannot remove"):
@@ -291,7 +300,9 @@ def test_sidecar_update_describes_the_retain_set(ckpt_with_sidecar: Path) -> Non
     assert stats_io.sample_count(updated) == task.n_retain
     for name in ("net.1", "net.3"):
         scale = float(direct[name].abs().max())
-        torch.testing.assert_close(updated[name], direct[name], rtol=1e-10, atol=1e-10 * scale)
+        torch.testing.assert_close(
+            updated[name], direct[name], rtol=STATS_RTOL, atol=STATS_RTOL * scale
+        )
 
 
 def test_stale_sidecar_falls_back_to_computed(ckpt_with_sidecar: Path) -> None:

@@ -84,7 +84,7 @@ def test_train_checkpoint_embeds_the_spec_and_facts(sample_dir: Path, tmp_path: 
     spec = ckpt.meta_json(KEY_SPEC)
     train = load_split(report.spec.data, "train")
     assert spec["num_classes"] == 10 and spec["input_shape"] == [1, 28, 28]
-    assert spec["train_fingerprint"] == fingerprint(train)
+    assert spec["train_fingerprint"] == fingerprint(train, report.spec.data)
     assert spec["model"]["kwargs"] == {"hidden": [32]}
     assert not Path(spec["data"]["path"]).is_absolute()  # relative to the checkpoint's folder
     assert report.sha256 == ckpt.sha256 and report.train.n == 6000

@@ -13,6 +13,7 @@ EXIT_BAD_INPUT = 2
 EXIT_AUDIT_LEAK = 3
 EXIT_AUDIT_OVER = 4
 EXIT_AUDIT_INCONCLUSIVE = 5
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), the shell convention
 
 
 class UnforgetError(Exception):
@@ -45,6 +46,10 @@ class ManifestError(InputError):
 
 class OutputExistsError(InputError):
     """The output path exists and ``--force`` was not given."""
+
+
+class OutputBusyError(UnforgetError):
+    """Another unforget process is writing the same output right now (exit 1: retry later)."""
 
 
 class GuardRailError(UnforgetError):

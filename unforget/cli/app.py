@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from unforget.errors import EXIT_BAD_INPUT, EXIT_FAILURE, UnforgetError
+from unforget.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, UnforgetError
 
 app = typer.Typer(
     name="unforget",
@@ -39,6 +39,14 @@ Compile = Annotated[
 ]
 Config = Annotated[
     Path | None, typer.Option("--config", help="TOML run spec ([model], [data], [recipe]).")
+]
+LedgerKeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--ledger-key",
+        help="Ledger key file (default: $UNFORGET_LEDGER_KEY_FILE, else "
+        "~/.config/unforget/ledger.key, created by the first deletion).",
+    ),
 ]
 SET_HELP = (
     "KEY=VALUE, repeatable. Keys under model., data. or recipe. override the run spec "
@@ -87,9 +95,15 @@ def _console() -> Any:
 
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[Any], None]]:
-    """A rich progress bar on stderr when it is a terminal; otherwise a silent callback."""
-    if not enabled or not sys.stderr.isatty():
+    """A rich progress bar on stderr when it is a terminal; a plain line every 30 s when it is
+    not (logs, CI); nothing when disabled (--quiet, --json)."""
+    if not enabled:
         yield lambda tick: None
+        return
+    if not sys.stderr.isatty():
+        from unforget.runtime.progress import PlainProgress
+
+        yield PlainProgress(sys.stderr.write)
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -210,6 +224,7 @@ def train(
         ),
     ] = False,
     force: Force = False,
+    ledger_key: LedgerKeyFile = None,
     as_json: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -217,7 +232,9 @@ def train(
     """Train a model from a spec and write a safetensors checkpoint with the spec embedded."""
     from unforget.cli.render import print_train
     from unforget.io.checkpoint import load_checkpoint
+    from unforget.io.ledger import using_key_file
     from unforget.io.manifest import read_manifest
+    from unforget.io.paths import check_train_paths
     from unforget.workflows.train import train_checkpoint
     from unforget.workflows.workspace import resolve_spec
 
@@ -235,8 +252,9 @@ def train(
     base = load_checkpoint(like) if like else None
     spec, allow_plugin = resolve_spec(base, config=config, flags=flags)
     spec = spec.replace(train_fingerprint=None)
+    check_train_paths(out, like=like, exclude=exclude, config=config, spec=spec, force=force)
     manifest = read_manifest(exclude) if exclude else None
-    with _progress(not quiet and not as_json) as tick:
+    with _progress(not quiet and not as_json) as tick, using_key_file(ledger_key):
         report = train_checkpoint(
             spec,
             out=out,
@@ -251,6 +269,7 @@ def train(
         _emit_json(report_json(report))
     elif not quiet:
         print_train(_console(), report)
+    _key_notice(report.ledger_key_created, quiet=quiet or as_json)
 
 
 def report_json(report: Any) -> dict[str, Any]:
@@ -280,17 +299,20 @@ def inspect_cmd(
         Path | None,
         typer.Option("--check-ids", help="Manifest: which of its IDs the ledger covers."),
     ] = None,
+    ledger_key: LedgerKeyFile = None,
     as_json: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Show a checkpoint's tensors, spec, provenance and deletion ledger (read-only)."""
     from unforget.cli.render import print_summary
+    from unforget.io.ledger import using_key_file
     from unforget.io.manifest import read_manifest
     from unforget.workflows.inspect import summarise
 
     ckpt = _one_ckpt(ckpt_arg, ckpt)
-    summary = summarise(ckpt, check=read_manifest(check_ids) if check_ids else None)
+    with using_key_file(ledger_key):
+        summary = summarise(ckpt, check=read_manifest(check_ids) if check_ids else None)
     if as_json:
         _emit_json(summary.as_dict())
     elif not quiet:
@@ -395,6 +417,7 @@ def apply(
     device: Device = "auto",
     compile_model: Compile = False,
     force: Force = False,
+    ledger_key: LedgerKeyFile = None,
     as_json: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -419,7 +442,9 @@ def apply(
         accept_data_change=accept_data_change,
         guard=GuardConfig(max_retain_drop=max_retain_drop),
     )
-    with _progress(not quiet and not as_json) as tick:
+    from unforget.io.ledger import using_key_file
+
+    with _progress(not quiet and not as_json) as tick, using_key_file(ledger_key):
         result = run_apply(
             request, precision=_precision(device, compile=compile_model), on_progress=tick
         )
@@ -427,6 +452,7 @@ def apply(
         _emit_json(apply_json(result))
     elif not quiet:
         print_apply(_console(), result)
+    _key_notice(result.ledger_key_created, quiet=quiet or as_json)
     return 0  # also for a re-sent request: its IDs are already covered (JSON: already_applied)
 
 
@@ -444,6 +470,16 @@ def apply_json(result: Any) -> dict[str, Any]:
         "already_applied": False,
         "assessment": result.assessment.as_dict() if result.assessment else None,
     }
+
+
+def _key_notice(created: Path | None, *, quiet: bool) -> None:
+    """Say once, when the default ledger key was just created, where it is and why it matters."""
+    if created is not None and not quiet:
+        _console().print(
+            f"created the deletion-ledger key {created} (mode 0600). Keep it private and backed "
+            "up: it is needed to check which IDs a model's ledger covers, and nobody holding "
+            "only the model can list them."
+        )
 
 
 @app.command(
@@ -520,6 +556,7 @@ def audit(
             "model was trained on.",
         ),
     ] = False,
+    ledger_key: LedgerKeyFile = None,
     device: Device = "auto",
     as_json: Json = False,
     quiet: Quiet = False,
@@ -542,6 +579,10 @@ def audit(
 
         if importlib.util.find_spec("matplotlib") is None:  # fail before the expensive part
             raise InputError("--plot needs matplotlib: pip install 'unforget[plot]'")
+    from unforget.io.ledger import using_key_file
+    from unforget.io.paths import check_audit_paths
+    from unforget.workflows.workspace import data_folder_of
+
     request = AuditRequest(
         ckpt=ckpt,
         manifest=forget,
@@ -558,9 +599,18 @@ def audit(
         jobs=jobs,
         ref_source=ref_source,
     )
+    check_audit_paths(
+        ckpt=ckpt,
+        manifest=forget,
+        original=original,
+        retrained=tuple(retrained or ()),
+        config=config,
+        data=data_folder_of(ckpt, config=config, flags=request.flags),
+        outputs={"--csv": csv_path, "--plot": plot},
+    )
     console = _console()
     notice = (lambda text: None) if quiet or as_json else (lambda text: console.print(text))
-    with _progress(not quiet and not as_json) as tick:
+    with _progress(not quiet and not as_json) as tick, using_key_file(ledger_key):
         report = run_audit(
             request,
             precision=_precision(device),
@@ -683,6 +733,67 @@ def bench(
     return 0
 
 
+cache_app = typer.Typer(
+    help="The cache of data conversions and audit reference models ($UNFORGET_CACHE).",
+    no_args_is_help=True,
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command(
+    "prune",
+    epilog="Examples:\n\n  unforget cache prune --ckpt model.unlearned.safetensors"
+    "\n\n  unforget cache prune --all --dry-run --json",
+)
+def cache_prune(
+    ckpt: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ckpt",
+            help="Checkpoint whose deletion ledger says what is deleted: reference models "
+            "trained on any of those rows are removed (repeatable).",
+        ),
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Remove every cached reference model.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be removed.")
+    ] = False,
+    ledger_key: LedgerKeyFile = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Remove cached copies a deletion made stale (reference models, datasets conversions)."""
+    from unforget.io.cache import cache_root, prune
+    from unforget.io.ledger import using_key_file
+    from unforget.workflows.workspace import deleted_rows
+
+    with using_key_file(ledger_key):
+        deleted = [deleted_rows(p) for p in ckpt or []]
+    result = prune(deleted, everything=everything, dry_run=dry_run)
+    if as_json:
+        _emit_json(
+            {
+                "schema": "unforget.cache-prune/1",
+                "root": str(cache_root()),
+                "removed": [str(p) for p in result.removed],
+                "freed_bytes": result.freed_bytes,
+                "kept_references": result.kept,
+                "dry_run": dry_run,
+            }
+        )
+    elif not quiet:
+        verb = "would remove" if dry_run else "removed"
+        for path in result.removed:
+            _console().print(f"{verb} {path}")
+        _console().print(
+            f"{verb} {len(result.removed)} entries ({result.freed_bytes / 2**20:.1f} MiB) under "
+            f"{cache_root()}; {result.kept} reference models kept"
+        )
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (the error boundary).
 
@@ -691,11 +802,15 @@ def run(argv: list[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    _quiet_libraries(args)
     exit_types, abort_types, usage_types, click_types = _click_exception_types()
     try:
         result = app(args=args, standalone_mode=False, prog_name="unforget")
     except exit_types as exc:
-        return int(getattr(exc, "exit_code", 0) or 0)
+        code = int(getattr(exc, "exit_code", 0) or 0)
+        if code == EXIT_INTERRUPTED:  # Typer turns Ctrl-C into Exit(130)
+            sys.stderr.write(_INTERRUPTED)
+        return code
     except abort_types:
         sys.stderr.write("unforget: aborted\n")
         return EXIT_FAILURE
@@ -706,12 +821,31 @@ def run(argv: list[str] | None = None) -> int:
         _fail(exc, debug=debug)
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("unforget: interrupted; nothing was written\n")
-        return 130
+        sys.stderr.write(_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # the boundary: anything else is a runtime failure, one line
         _fail(exc, debug=debug, unexpected=True)
         return EXIT_FAILURE
-    return int(result) if isinstance(result, int) else 0
+    code = int(result) if isinstance(result, int) else 0
+    if code == EXIT_INTERRUPTED:  # Typer returns Ctrl-C as 130 without a word
+        sys.stderr.write(_INTERRUPTED)
+    return code
+
+
+_INTERRUPTED = "unforget: interrupted (Ctrl-C); no output was written or replaced\n"
+
+
+def _quiet_libraries(args: list[str]) -> None:
+    """No third-party progress bars (``datasets``' "Generating train split", "Map") unless a
+    person is watching: off with --quiet or --json, and whenever stderr is not a terminal."""
+    import os
+
+    if {"--quiet", "-q", "--json"} & set(args) or not sys.stderr.isatty():
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when datasets is imported
+        if "datasets" in sys.modules:  # already imported (tests, library use)
+            from datasets.utils import disable_progress_bars
+
+            disable_progress_bars()
 
 
 def _click_exception_types() -> tuple[tuple[type[BaseException], ...], ...]:

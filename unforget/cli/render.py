@@ -56,7 +56,8 @@ def print_summary(console: Any, summary: Any) -> None:
         )
     table = _table("deletion ledger", "#", "time", "method", "IDs", "manifest sha256")
     for i, e in enumerate(summary.ledger, start=1):
-        table.add_row(str(i), e.time, e.method, str(e.count), e.manifest_sha256[:16])
+        method = f"{e.method} (legacy-salted)" if e.legacy else e.method
+        table.add_row(str(i), e.time, method, str(e.count), e.manifest_sha256[:16])
     console.print(table if summary.ledger else "deletion ledger: empty")
     if summary.id_check is not None:
         hit = sum(summary.id_check.values())

@@ -150,6 +150,10 @@ def spec_layer_from_toml(path: Path) -> dict[str, Any]:
         layer = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise SpecError(f"config file {path} is a directory; name a .toml file") from None
+    except OSError as exc:
+        raise SpecError(f"config file {path} cannot be read ({exc.strerror or exc})") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"config file {path} is not valid TOML: {exc}") from exc
     data = layer.get("data")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -86,6 +86,12 @@ def load_split(spec: DataSpec, split: str) -> Split:
         dataset = dataset.flatten_indices()
     table = dataset.data.table
     id_column = table.column(spec.id_column)
+    if id_column.null_count:
+        first = next(i for i, v in enumerate(id_column.is_null().to_pylist()) if v)
+        raise DataError(
+            f"split {split!r}: ID column {spec.id_column!r} has {id_column.null_count} empty "
+            f"(null) IDs (first at row {first}); every row needs an ID to be deletable"
+        )
     id_is_int = _is_integer(id_column.type)
     ids = tuple(str(v) for v in id_column.to_pylist())
     if len(set(ids)) != len(ids):
@@ -128,17 +134,58 @@ def input_info(split: Split, spec: DataSpec) -> InputInfo:
     return InputInfo(kind=kind, shape=shape, num_classes=len(names), class_names=names)
 
 
-def fingerprint(split: Split) -> str:
-    """SHA-256 over the split's IDs and labels in row order.
+FINGERPRINT_PREFIX = "v2:"
+_FINGERPRINT_CHUNK = 8192  # rows per Arrow ``take``: bounded memory, still vectorised
+
+
+def fingerprint(split: Split, spec: DataSpec) -> str:
+    """``v2:`` + SHA-256 over IDs, labels *and* inputs, independent of row order.
+
+    Rows are visited in ID order (IDs are unique), and each column is hashed as the Arrow
+    buffers of the rows taken in that order, chunk by chunk, so the cost is one streaming pass
+    over the split with no Python objects per row. A shuffled copy of the data gives the same
+    fingerprint; a changed label, ID or image does not. Images stored as file paths (the
+    ``imagefolder`` layout) are hashed by file content, not by path.
 
     If the data on disk no longer matches what a model was trained on, IDs could resolve to the
     wrong rows; comparing this against the spec's ``train_fingerprint`` catches that.
+    """
+    import pyarrow as pa
+
+    table = split.dataset.data.table
+    order = np.asarray(sorted(range(len(split.ids)), key=split.ids.__getitem__), dtype=np.int64)
+    digest = hashlib.sha256(FINGERPRINT_PREFIX.encode())
+    for name in dict.fromkeys([spec.id_column, spec.label_column, *spec.input_columns]):
+        column = table.column(name)
+        digest.update(f"\0{name}\0{column.type}\0".encode())
+        for start in range(0, len(order), _FINGERPRINT_CHUNK):
+            part = column.take(pa.array(order[start : start + _FINGERPRINT_CHUNK]))
+            _hash_array(digest, part.combine_chunks())
+    return FINGERPRINT_PREFIX + digest.hexdigest()
+
+
+def legacy_fingerprint(split: Split) -> str:
+    """The fingerprint of unforget before ``v2``: SHA-256 of IDs and labels in row order.
+
+    Still computed to read checkpoints that recorded it (64 hex digits, no prefix).
     """
     digest = hashlib.sha256()
     digest.update("\n".join(split.ids).encode())
     digest.update(b"\0")
     digest.update(split.labels.astype("<i8").tobytes())
     return digest.hexdigest()
+
+
+def fingerprint_matches(recorded: str, split: Split, spec: DataSpec) -> tuple[bool, str]:
+    """Does the data match a recorded fingerprint? Also returns the current ``v2`` one.
+
+    A legacy (unprefixed) fingerprint is compared with :func:`legacy_fingerprint`, which also
+    changes when only the row order changed.
+    """
+    current = fingerprint(split, spec)
+    if recorded.startswith(FINGERPRINT_PREFIX):
+        return recorded == current, current
+    return recorded == legacy_fingerprint(split), current
 
 
 def reference_mask(ids: tuple[str, ...], *, fraction: float) -> np.ndarray:
@@ -156,12 +203,56 @@ def reference_mask(ids: tuple[str, ...], *, fraction: float) -> np.ndarray:
     return values < fraction
 
 
+def _hash_array(digest: Any, array: Any) -> None:
+    """Feed one freshly taken (hence compact, zero-offset) Arrow array into ``digest``."""
+    import pyarrow as pa
+
+    if isinstance(array, pa.ExtensionArray):
+        array = array.storage
+    if _is_image_struct(array.type):
+        for item in array.to_pylist():
+            _hash_image(digest, item)
+        return
+    digest.update(int(array.null_count).to_bytes(8, "little"))
+    if array.null_count:
+        digest.update(np.asarray(array.is_null()).tobytes())
+    for buffer in array.buffers():
+        if buffer is not None:
+            digest.update(memoryview(buffer))
+
+
+def _is_image_struct(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    if not pa.types.is_struct(arrow_type):
+        return False
+    names = {arrow_type.field(i).name for i in range(arrow_type.num_fields)}
+    return names == {"bytes", "path"}
+
+
+def _hash_image(digest: Any, item: dict[str, Any] | None) -> None:
+    """An ``Image`` cell: its bytes, or the content of the file it points at."""
+    if item is None:
+        digest.update(b"\0none")
+        return
+    data = item.get("bytes")
+    if data is None and item.get("path"):
+        data = Path(str(item["path"])).read_bytes()
+    payload = bytes(data or b"")
+    digest.update(len(payload).to_bytes(8, "little"))
+    digest.update(payload)
+
+
 def _load_dataset(spec: DataSpec, split: str) -> datasets.Dataset:
     import datasets as hf
+
+    from unforget.io.cache import datasets_cache_dir
 
     path = Path(spec.path)
     if not path.exists():
         raise DataError(f"data folder {path} does not exist")
+    if not path.is_dir():
+        raise DataError(f"data.path {path} is a file; name the folder that holds the splits")
     fmt = spec.format if spec.format != "auto" else detect_format(path)
     try:
         if fmt == "arrow":
@@ -172,10 +263,14 @@ def _load_dataset(spec: DataSpec, split: str) -> datasets.Dataset:
                 return loaded[split]
             raise DataError(f"{path} is a single Dataset; save a DatasetDict with named splits")
         if fmt == "imagefolder":
-            return hf.load_dataset("imagefolder", data_dir=str(path), split=split)
+            return hf.load_dataset(
+                "imagefolder", data_dir=str(path), split=split, cache_dir=datasets_cache_dir()
+            )
         files = _split_files(path, split, fmt)
         builder = "json" if fmt == "jsonl" else fmt
-        return hf.load_dataset(builder, data_files={split: files}, split=split)
+        return hf.load_dataset(
+            builder, data_files={split: files}, split=split, cache_dir=datasets_cache_dir()
+        )
     except DataError:
         raise
     except (FileNotFoundError, ValueError, OSError) as exc:

@@ -96,19 +96,28 @@ def save_checkpoint(
     metadata: Mapping[str, Any],
     force: bool = False,
 ) -> str:
-    """Write ``state`` with ``metadata`` atomically; return the file's SHA-256.
+    """Write ``state`` with ``metadata`` atomically; return the SHA-256 of the bytes written.
 
-    Tensors that share storage (tied weights) are written once and recorded as aliases, so the
-    file stays valid safetensors and loads back into the same module. Non-string metadata values
-    are JSON-encoded.
+    The hash is taken from the bytes in memory, never by re-reading ``path``: another process
+    may replace the file in between, and a receipt must describe what *this* run wrote.
 
     Raises:
         OutputExistsError: ``path`` exists and ``force`` is off.
     """
-    from safetensors.torch import save
-
     target = Path(path)
     refuse_existing(target, force=force)
+    return atomic_write(target, checkpoint_bytes(state, metadata=metadata))
+
+
+def checkpoint_bytes(state: Mapping[str, torch.Tensor], *, metadata: Mapping[str, Any]) -> bytes:
+    """The safetensors bytes of ``state`` with ``metadata``.
+
+    Tensors that share storage (tied weights) are written once and recorded as aliases, so the
+    file stays valid safetensors and loads back into the same module. Non-string metadata values
+    are JSON-encoded.
+    """
+    from safetensors.torch import save
+
     tensors, aliases = _dedupe(state)
     meta = {
         k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()
@@ -117,8 +126,22 @@ def save_checkpoint(
     meta["unforget.format"] = FORMAT_VERSION
     if aliases:
         meta[KEY_ALIASES] = json.dumps(aliases, sort_keys=True)
-    atomic_write(target, save(tensors, metadata=meta))
-    return sha256_file(target)
+    return bytes(save(tensors, metadata=meta))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """Only the metadata of a safetensors file (no tensors are read).
+
+    Raises:
+        CheckpointError: missing or unreadable file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
 
 
 def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:

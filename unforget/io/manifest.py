@@ -18,6 +18,10 @@ from unforget.errors import ManifestError
 from unforget.io.fileio import sha256_bytes
 
 _SHOW = 5
+# Spellings of a missing value that tools write into ID lists (pandas, str(None), SQL dumps);
+# such a line names no row, and matching it to a row whose ID was stringified from null would
+# forget the wrong sample.
+NULL_SPELLINGS = frozenset({"None", "none", "null", "NULL", "Null", "nan", "NaN", "NA", "<NA>"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,12 @@ def read_manifest(path: str | Path) -> Manifest:
         items = _jsonl_ids(text, path)
     else:
         items = _text_ids(text)
+    nulls = [i for i in items if i in NULL_SPELLINGS]
+    if nulls:
+        raise ManifestError(
+            f"manifest {path}: {len(nulls)} entries are a missing value, not an ID "
+            f"(first: {nulls[0]!r}); remove them"
+        )
     unique = tuple(dict.fromkeys(items))
     if not unique:
         raise ManifestError(f"manifest {path} lists no IDs")
@@ -85,6 +95,12 @@ def canonical_ids(ids: tuple[str, ...], *, integer: bool, path: Path) -> tuple[s
             f"are (first: {_show(bad)})"
         )
     return tuple(dict.fromkeys(out))
+
+
+def duplicate_count(manifest: Manifest, canonical: tuple[str, ...]) -> int:
+    """Entries of ``manifest`` that repeat an earlier one, as written or as the data's ID type
+    (``007`` and ``7`` are one integer ID)."""
+    return manifest.duplicates + len(manifest.ids) - len(set(canonical))
 
 
 def resolve_rows(
@@ -157,5 +173,11 @@ def _jsonl_ids(text: str, path: Path) -> list[str]:
             raise ManifestError(f"manifest {path}: line {number} is not JSON ({exc.msg})") from exc
         if not isinstance(record, dict) or "id" not in record:
             raise ManifestError(f"manifest {path}: line {number} has no 'id' field")
-        items.append(str(record["id"]).strip())
+        value = record["id"]
+        if value is None or isinstance(value, (dict, list, bool, float)):
+            shown = "null" if value is None else json.dumps(value)
+            raise ManifestError(
+                f"manifest {path}: line {number} has 'id': {shown}; an ID is a string or integer"
+            )
+        items.append(str(value).strip())
     return items

@@ -8,7 +8,9 @@ SHA-256 of its input checkpoint, so a chain of receipts replays a model's histor
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from unforget.training.evaluate import Score
@@ -57,6 +59,7 @@ class Provenance:
     data_changed: bool
     reference_rows: int
     reference_ids_sha256: str
+    manifest_duplicates: int = 0  # repeated entries dropped from the manifest
     world_size: int = 1  # processes that ran the method (torchrun)
     backend: str | None = None  # their torch.distributed backend (gloo, nccl), None alone
 
@@ -94,3 +97,32 @@ class Receipt:
             "method_details": self.method_details,
             "reference_ids": list(self.reference_ids),
         }
+
+
+def receipt_path(out: Path) -> Path:
+    """``model.safetensors`` -> ``model.safetensors.receipt.json``."""
+    return out.with_name(out.name + ".receipt.json")
+
+
+def orphaned_output(out: Path) -> bool:
+    """True when ``out`` is an ``apply`` checkpoint whose receipt is missing or describes other
+    bytes: what a kill between writing the checkpoint and its receipt leaves. Such a file is
+    an unfinished result, so a re-run may replace it without ``--force``.
+    """
+    from unforget.errors import CheckpointError
+    from unforget.io.checkpoint import KEY_PROVENANCE, read_metadata
+    from unforget.io.fileio import sha256_file
+
+    if not out.is_file():
+        return False
+    try:
+        provenance = json.loads(read_metadata(out).get(KEY_PROVENANCE, "{}"))
+    except (CheckpointError, json.JSONDecodeError):
+        return False
+    if not isinstance(provenance, dict) or provenance.get("command") != "apply":
+        return False
+    try:
+        recorded = json.loads(receipt_path(out).read_text(encoding="utf-8"))["output_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    return bool(recorded != sha256_file(out))

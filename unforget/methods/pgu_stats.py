@@ -38,7 +38,8 @@ from torch import nn
 
 from unforget.data.loaders import to_device
 from unforget.errors import CheckpointError
-from unforget.io.checkpoint import load_checkpoint, save_checkpoint
+from unforget.io.checkpoint import checkpoint_bytes, load_checkpoint
+from unforget.io.fileio import atomic_write, refuse_existing
 from unforget.runtime.device import Precision
 
 SAMPLES_KEY = "__samples__"  # 0-d int64 tensor: samples summed over
@@ -215,11 +216,17 @@ def save_statistics(
     Raises:
         OutputExistsError: ``path`` exists and ``force`` is off.
     """
+    refuse_existing(Path(path), force=force)
+    return atomic_write(path, statistics_bytes(stats, metadata=metadata))
+
+
+def statistics_bytes(stats: Mapping[str, torch.Tensor], *, metadata: Mapping[str, Any]) -> bytes:
+    """The sidecar file's bytes (see :func:`save_statistics`)."""
     layers = {name: int(t.shape[0]) for name, t in stats.items() if name != SAMPLES_KEY}
     meta = dict(metadata)
     meta[META_KEY] = {"version": VERSION, "samples": sample_count(stats), "layers": layers}
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in stats.items()}
-    return save_checkpoint(path, tensors, metadata=meta, force=force)
+    return checkpoint_bytes(tensors, metadata=meta)
 
 
 def load_statistics(path: str | Path) -> dict[str, torch.Tensor]:

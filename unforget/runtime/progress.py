@@ -21,3 +21,37 @@ ProgressFn = Callable[[Tick], None]
 
 def silent(_: Tick) -> None:
     """The default: report nothing."""
+
+
+class PlainProgress:
+    """Progress for a non-terminal stderr (a log file, CI): one plain line every ``interval``
+    seconds, so a long run is visibly alive without filling the log with bar redraws.
+
+    ``clock`` is injectable so tests can drive time instead of sleeping.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[str], object],
+        *,
+        interval: float = 30.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self._write = write
+        self._interval = interval
+        self._clock = clock or time.monotonic
+        self._start = self._clock()
+        self._last = self._start
+
+    def __call__(self, tick: Tick) -> None:
+        now = self._clock()
+        if now - self._last < self._interval:
+            return
+        self._last = now
+        fields = "".join(f"  {k} {v:.4g}" for k, v in tick.fields.items())
+        self._write(
+            f"unforget: {tick.task}: {tick.completed}/{tick.total}{fields} "
+            f"({now - self._start:.0f} s elapsed)\n"
+        )

@@ -6,7 +6,8 @@ load HuggingFace directories. :func:`export_model_dir` writes one that
 load as they are: ``config.json`` (with the class names as labels), ``model.safetensors``,
 the checkpoint's own tokenizer (``tokenizer.json``, plus the base directory's tokenizer
 config files), and ``unforget.json`` with the checkpoint's spec, provenance and deletion
-ledger (salted ID hashes only), so the exported model still says what was deleted from it.
+ledger summary (counts and manifest hashes, no ID hashes), so the exported model still says
+what was deleted from it.
 The CLI command ``unforget export-hf`` calls :func:`export_model_dir`.
 
 The directory is assembled in a temporary folder beside ``out`` and renamed into place, so a
@@ -30,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unforget.errors import CheckpointError, OutputExistsError, SpecError
+from unforget.errors import CheckpointError, InputError, OutputExistsError, SpecError
 from unforget.io import checkpoint as ckpt_io
+from unforget.io.ledger import entries_from_json, entries_summary
+from unforget.io.paths import is_under, same_file
 from unforget.models.hf import (
     PREFIX,
     load_config,
@@ -88,6 +91,11 @@ def export_model_dir(
         CheckpointError: not an hf plugin checkpoint, or tensors that do not fit the config.
         SpecError: the base directory is missing or incomplete, or transformers is absent.
     """
+    for name, source in (("the checkpoint", ckpt), ("--base", base)):
+        if source is not None and (is_under(source, out) or same_file(source, out)):
+            raise InputError(
+                f"--out {out} would replace {name} {source}; unforget never overwrites an input"
+            )
     if out.exists() and not force:
         raise OutputExistsError(f"{out} already exists; pass --force to replace it")
     checkpoint = ckpt_io.load_checkpoint(ckpt)
@@ -117,7 +125,10 @@ def export_model_dir(
             "source_sha256": checkpoint.sha256,
             "spec": checkpoint.meta_json(ckpt_io.KEY_SPEC),
             "provenance": checkpoint.meta_json(ckpt_io.KEY_PROVENANCE),
-            "ledger": checkpoint.meta_json(ckpt_io.KEY_LEDGER, default=[]),
+            # counts and manifest hashes only: an exported model must not carry ID hashes
+            "ledger": entries_summary(
+                entries_from_json(checkpoint.meta_json(ckpt_io.KEY_LEDGER, default=[]))
+            ),
         }
         (staging / "unforget.json").write_text(
             json.dumps(record, indent=2, sort_keys=True), encoding="utf-8"

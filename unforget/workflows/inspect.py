@@ -36,6 +36,8 @@ class CheckpointSummary:
             "provenance": self.provenance,
             "ledger": [
                 {
+                    "scheme": e.scheme,
+                    "legacy": e.legacy,
                     "manifest_sha256": e.manifest_sha256,
                     "count": e.count,
                     "method": e.method,

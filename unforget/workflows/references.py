@@ -36,8 +36,9 @@ from torch import nn
 
 from unforget.config.options import as_plain
 from unforget.config.spec import RunSpec
-from unforget.data.splits import Split, fingerprint
+from unforget.data.splits import Split, fingerprint, legacy_fingerprint
 from unforget.errors import CheckpointError, DataError, UnforgetError
+from unforget.io import cache
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.fileio import atomic_write_json
 from unforget.runtime import distributed
@@ -53,11 +54,10 @@ Warn = Callable[[str], None]
 
 
 def default_cache_dir() -> Path:
-    """``$UNFORGET_CACHE`` or ``$XDG_CACHE_HOME/unforget`` (``~/.cache/unforget``)."""
-    root = os.environ.get("UNFORGET_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "unforget"
-    )
-    return Path(root) / "references"
+    """``<cache root>/references`` (see :mod:`unforget.io.cache`)."""
+    from unforget.io.cache import references_dir
+
+    return references_dir()
 
 
 def reference_seeds(k: int, *, seed: int) -> list[int]:
@@ -68,13 +68,13 @@ def reference_seeds(k: int, *, seed: int) -> list[int]:
 def split_fingerprint(split: Split, columns: Sequence[str]) -> str:
     """SHA-256 over the project's ID/label fingerprint and the bytes of ``columns``.
 
-    :func:`unforget.data.splits.fingerprint` covers IDs and labels only; a reference must also
-    change when an input changes, so the input columns are hashed as Arrow IPC (slices are
+    :func:`unforget.data.splits.legacy_fingerprint` covers IDs and labels only; a reference
+    must also change when an input changes, so the input columns are hashed as Arrow IPC (slices are
     written compactly, so the digest depends on the values only). One sequential read.
     """
     import pyarrow as pa
 
-    digest = hashlib.sha256(fingerprint(split).encode())
+    digest = hashlib.sha256(legacy_fingerprint(split).encode())
     table = split.dataset.data.table.select(list(columns))
 
     class _Sink:
@@ -335,7 +335,14 @@ def train_one(
     )
     seconds = time.perf_counter() - start
     weights, sidecar = paths(job.cache_dir, job.identity)
-    meta = {META_KEY: job.identity.as_json(), ckpt_io.KEY_SPEC: job.spec.to_json()}
+    meta = {
+        META_KEY: job.identity.as_json(),
+        ckpt_io.KEY_SPEC: job.spec.to_json(),
+        # which rows it saw, for `unforget cache prune` after a later deletion
+        cache.KEY_TRAINED_ON: cache.trained_on(
+            fingerprint(split, job.spec.data), len(split), job.rows
+        ),
+    }
     state = ckpt_io.state_dict_cpu(model)
     sha = ckpt_io.save_checkpoint(weights, state, metadata=meta, force=True)
     threads = torch.get_num_threads()

@@ -24,7 +24,7 @@ from unforget.io.checkpoint import (
     state_dict_cpu,
 )
 from unforget.io.fileio import refuse_existing
-from unforget.io.ledger import entries_to_json, new_entry
+from unforget.io.ledger import entries_to_json, load_or_create_key, new_entry
 from unforget.io.manifest import Manifest, canonical_ids, resolve_rows
 from unforget.methods.pgu_stats import compute_statistics, save_statistics, sidecar_path
 from unforget.runtime import distributed
@@ -45,6 +45,7 @@ class TrainReport:
     heldout: Score
     result: TrainResult
     statistics: Path | None = None  # the PGU sidecar, when written (--pgu-stats)
+    ledger_key_created: Path | None = None  # the ledger key file, when this run created it
 
 
 def utc_now() -> str:
@@ -84,7 +85,10 @@ def train_checkpoint(
     info = input_info(train, spec.data)
     all_rows = np.arange(len(train), dtype=np.int64)
     ledger = []
+    key_created = None
     if exclude is not None:
+        key, created = load_or_create_key()
+        key_created = key.path if created else None
         ids = canonical_ids(exclude.ids, integer=train.id_is_int, path=exclude.path)
         dropped = resolve_rows(
             ids, train_index=train.index(), heldout_index=heldout.index(), path=exclude.path
@@ -96,6 +100,7 @@ def train_checkpoint(
                 manifest_sha256=exclude.sha256,
                 method="retrain",
                 time=utc_now(),
+                key=key,
             )
         )
     extra_meta: dict[str, str] = {}
@@ -115,7 +120,7 @@ def train_checkpoint(
     spec = spec.replace(
         num_classes=info.num_classes,
         input_shape=info.shape,
-        train_fingerprint=fingerprint(train),
+        train_fingerprint=fingerprint(train, spec.data),
         class_names=info.class_names,
     )
     model, result = fit(
@@ -183,6 +188,7 @@ def train_checkpoint(
         heldout=scores[1],
         result=result,
         statistics=statistics,
+        ledger_key_created=key_created,
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,28 @@ from unforget import __version__
 from unforget.config.options import as_plain
 from unforget.config.spec import relativise_data_path
 from unforget.data.loaders import make_loader, source
-from unforget.errors import GuardRailError, InputError
+from unforget.errors import GuardRailError
 from unforget.io import checkpoint as ckpt_io
-from unforget.io.fileio import atomic_write_json, refuse_existing
-from unforget.io.ledger import covered, entries_to_json, find_manifest, new_entry
-from unforget.io.manifest import Manifest, read_manifest
-from unforget.io.receipt import Provenance, Receipt, Snapshot
+from unforget.io.fileio import (
+    Staged,
+    json_bytes,
+    output_lock,
+    remove_stale_temps,
+)
+from unforget.io.ledger import (
+    covered,
+    entries_to_json,
+    find_manifest,
+    load_or_create_key,
+    new_entry,
+)
+from unforget.io.manifest import Manifest, canonical_ids, duplicate_count, read_manifest
+from unforget.io.paths import IOPlan, check_plan
+from unforget.io.receipt import Provenance, Receipt, Snapshot, orphaned_output, receipt_path
 from unforget.methods import get_method, make_config
 from unforget.methods.base import GuardConfig, Outcome, UnlearnTask
 from unforget.methods.pgu import sidecar_update
-from unforget.methods.pgu_stats import save_statistics, sidecar_path
+from unforget.methods.pgu_stats import sidecar_path, statistics_bytes
 from unforget.runtime import distributed
 from unforget.runtime.device import Precision, seed_everything
 from unforget.runtime.progress import ProgressFn, silent
@@ -136,6 +147,7 @@ class ApplyResult:
     receipt_path: Path
     receipt: Receipt | None
     already_applied: str | None = None
+    ledger_key_created: Path | None = None  # the ledger key file, when this run created it
     assessment: Assessment | None = None
 
 
@@ -147,10 +159,6 @@ def default_out(ckpt: Path) -> Path:
     return ckpt.with_name(f"{ckpt.stem}.unlearned.safetensors")
 
 
-def receipt_path(out: Path) -> Path:
-    return out.with_name(out.name + ".receipt.json")
-
-
 def apply(
     request: ApplyRequest, *, precision: Precision, on_progress: ProgressFn = silent
 ) -> ApplyResult:
@@ -158,8 +166,7 @@ def apply(
     method = get_method(request.method)
     config = make_config(method, request.options)
     out = request.out or default_out(request.ckpt)
-    if out.resolve() == request.ckpt.resolve():
-        raise InputError("--out must differ from --ckpt: unforget never overwrites its input")
+    check_plan(apply_paths(request, out, data=None), must_exist=["--ckpt"])
     manifest = read_manifest(request.manifest)
     ws = open_workspace(
         request.ckpt,
@@ -167,6 +174,7 @@ def apply(
         flags=request.flags,
         accept_data_change=request.accept_data_change,
     )
+    check_plan(apply_paths(request, out, data=Path(ws.spec.data.path)))
     forget = ws.forget_rows(manifest)
     earlier = find_manifest(ws.ledger, manifest.sha256)
     if earlier is None and all(covered(ws.ledger, [ws.train.ids[r] for r in forget])):
@@ -183,9 +191,54 @@ def apply(
         # the retain set); forgetting them again would only count them twice.
         fresh = ~np.asarray(covered(ws.ledger, [ws.train.ids[r] for r in forget]), dtype=bool)
         forget = forget[fresh] if ws.ledger else forget
-    refuse_existing(out, force=request.force)
-    refuse_existing(receipt_path(out), force=request.force)
-    refuse_existing(sidecar_path(out), force=request.force)
+    # One writer per output, from here to the receipt (under torchrun: rank 0 alone writes).
+    writer = distributed.is_writer()
+    with output_lock(out) if writer else contextlib.nullcontext():
+        # A checkpoint left without its receipt by a killed run is unfinished: replace it.
+        replace = request.force or orphaned_output(out)
+        plan = apply_paths(request, out, data=Path(ws.spec.data.path))
+        check_plan(plan, refuse={name: not replace for name in plan.outputs})
+        for path in plan.outputs.values() if writer else ():  # only apply writes these
+            remove_stale_temps(path)
+        return _run(ws, request, manifest, forget, out, method, config, precision, on_progress)
+
+
+def apply_paths(request: ApplyRequest, out: Path, *, data: Path | None) -> IOPlan:
+    """What ``apply`` reads and writes (see :mod:`unforget.io.paths`)."""
+    inputs = {"--ckpt": request.ckpt, "--forget": request.manifest}
+    if request.config is not None:
+        inputs["--config"] = request.config
+    for name, path in (
+        ("the PGU statistics of --ckpt", sidecar_path(request.ckpt)),
+        ("the receipt of --ckpt", receipt_path(request.ckpt)),
+    ):
+        if path.exists():
+            inputs[name] = path
+    outputs = {
+        "--out": out,
+        "the receipt of --out": receipt_path(out),
+        "the PGU statistics file of --out": sidecar_path(out),
+    }
+    return IOPlan(
+        inputs=inputs,
+        outputs=outputs,
+        folders={"the data folder": data} if data else {},
+        # a HuggingFace model directory in gives a model directory out
+        directories=frozenset({"--ckpt", "--out"}) if request.ckpt.is_dir() else frozenset(),
+    )
+
+
+def _run(
+    ws: Workspace,
+    request: ApplyRequest,
+    manifest: Manifest,
+    forget: np.ndarray,
+    out: Path,
+    method: Any,
+    config: Any,
+    precision: Precision,
+    on_progress: ProgressFn,
+) -> ApplyResult:
     seed_everything(request.seed)
     task, evals = _task(ws, forget, request, precision, on_progress)
     before = _snapshot(task.model, ws, forget, evals, precision)
@@ -353,23 +406,29 @@ def _write(
         input_sha256=ws.checkpoint.sha256,
         manifest_sha256=manifest.sha256,
         manifest_count=len(forget),
-        data_fingerprint=ws.spec.train_fingerprint or "",
+        manifest_duplicates=duplicate_count(
+            manifest, canonical_ids(manifest.ids, integer=ws.train.id_is_int, path=manifest.path)
+        ),
+        data_fingerprint=ws.fingerprint,
         data_changed=ws.data_changed,
         reference_rows=len(reference_ids),
         reference_ids_sha256=hashlib.sha256("\n".join(reference_ids).encode()).hexdigest(),
         world_size=distributed.world().size,
         backend=distributed.world().backend,
     )
+    key, key_created = load_or_create_key()
     entry = new_entry(
         [ws.train.ids[r] for r in forget],
         manifest_sha256=manifest.sha256,
         method=request.method,
         time=now,
+        key=key,
     )
+    # The output records the data it was made from (also for checkpoints trained elsewhere
+    # that had no fingerprint, and after --accept-data-change), so later changes are caught.
+    spec = ws.spec.replace(train_fingerprint=ws.fingerprint)
     # Relative to the folder the written weights sit in (inside the directory for a model dir).
-    spec = relativise_data_path(
-        ws.spec, base=out.resolve() if ws.model_dir else out.resolve().parent
-    )
+    spec = relativise_data_path(spec, base=out.resolve() if ws.model_dir else out.resolve().parent)
     metadata: dict[str, Any] = {
         k: v
         for k, v in ws.checkpoint.metadata.items()
@@ -383,46 +442,75 @@ def _write(
         }
     )
     state = ckpt_io.state_dict_cpu(outcome.model)
-    if ws.model_dir is not None:  # a HuggingFace directory in, a loadable directory out
-        from unforget.workflows.export_hf import save_model_dir
-
-        sha = save_model_dir(
-            out, state, source=ws.model_dir, metadata=metadata, force=request.force
-        )
-    else:
-        sha = ckpt_io.save_checkpoint(out, state, metadata=metadata, force=request.force)
-    stats_path = sidecar_path(out)
-    if statistics is not None:
-        save_statistics(
-            stats_path, statistics, metadata={"unforget.checkpoint_sha256": sha}, force=True
-        )
-    else:  # never leave an older sidecar beside a new checkpoint (--force overwrite)
-        stats_path.unlink(missing_ok=True)
-    names = ws.spec.class_names or ws.info.class_names
-    receipt = Receipt(
-        provenance=provenance,
-        output_path=str(out),
-        output_sha256=sha,
-        input_path=str(request.ckpt.resolve()),
-        before=before,
-        after=after,
-        steps=outcome.steps,
-        stop_reason=outcome.stop_reason,
-        seconds=seconds,
-        removed_classes=tuple(names[c] for c in removed_classes(ws, forget)),
-        method_details=outcome.details,
-        reference_ids=reference_ids,
-    )
+    staged: list[Staged] = []
     try:
-        atomic_write_json(receipt_path(out), receipt.as_dict())
-    except BaseException:
-        if out.is_dir():
-            shutil.rmtree(out, ignore_errors=True)
+        if ws.model_dir is not None:  # a HuggingFace directory in, a loadable directory out
+            from unforget.workflows.export_hf import save_model_dir
+
+            receipt_path(out).unlink(missing_ok=True)  # never left describing other weights
+            sha = save_model_dir(
+                out, state, source=ws.model_dir, metadata=metadata, force=request.force
+            )
         else:
-            with contextlib.suppress(FileNotFoundError):
-                out.unlink()
-        stats_path.unlink(missing_ok=True)
+            staged.append(Staged(out, ckpt_io.checkpoint_bytes(state, metadata=metadata)))
+            sha = staged[0].sha256  # of the bytes written, never re-read from the path
+        stats_path = sidecar_path(out)
+        stats = None
+        if statistics is not None:
+            meta = {"unforget.checkpoint_sha256": sha}
+            stats = Staged(stats_path, statistics_bytes(statistics, metadata=meta))
+            staged.append(stats)
+        names = ws.spec.class_names or ws.info.class_names
+        receipt = Receipt(
+            provenance=provenance,
+            output_path=str(out),
+            output_sha256=sha,
+            input_path=str(request.ckpt.resolve()),
+            before=before,
+            after=after,
+            steps=outcome.steps,
+            stop_reason=outcome.stop_reason,
+            seconds=seconds,
+            removed_classes=tuple(names[c] for c in removed_classes(ws, forget)),
+            method_details=outcome.details,
+            reference_ids=reference_ids,
+        )
+        staged.append(Staged(receipt_path(out), json_bytes(receipt.as_dict())))
+        checkpoint = staged[0] if ws.model_dir is None else None
+        _commit(checkpoint, stats, staged[-1], out=out, stats_path=stats_path)
+    except BaseException:
+        for stage in staged:
+            stage.discard()
         raise
     return ApplyResult(
-        out=out, receipt_path=receipt_path(out), receipt=receipt, assessment=assess(before, after)
+        out=out,
+        receipt_path=receipt_path(out),
+        receipt=receipt,
+        ledger_key_created=key.path if key_created else None,
+        assessment=assess(before, after),
     )
+
+
+def _commit(
+    checkpoint: Staged | None,
+    stats: Staged | None,
+    receipt: Staged,
+    *,
+    out: Path,
+    stats_path: Path,
+) -> None:
+    """Make the staged files visible: checkpoint, sidecar, then receipt.
+
+    A kill at any point leaves the old checkpoint and receipt, or a checkpoint whose receipt is
+    missing (the old receipt is removed first, so it can never describe the new bytes), which
+    :func:`orphaned_output` recognises and a re-run replaces. (A model directory is already in
+    place, written by ``save_model_dir``.)
+    """
+    receipt_path(out).unlink(missing_ok=True)
+    if checkpoint is not None:
+        checkpoint.commit()
+    if stats is not None:
+        stats.commit()
+    else:  # never leave an older sidecar beside a new checkpoint (--force overwrite)
+        stats_path.unlink(missing_ok=True)
+    receipt.commit()

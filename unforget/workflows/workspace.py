@@ -28,12 +28,14 @@ from unforget.data.splits import (
     InputInfo,
     Split,
     fingerprint,
+    fingerprint_matches,
     input_info,
     load_split,
     reference_mask,
 )
 from unforget.errors import DataError, SpecError
 from unforget.io import checkpoint as ckpt_io
+from unforget.io.cache import Deleted
 from unforget.io.checkpoint import Checkpoint
 from unforget.io.ledger import LedgerEntry, covered, entries_from_json
 from unforget.io.manifest import Manifest, canonical_ids, resolve_rows
@@ -55,6 +57,7 @@ class Workspace:
     encoder: Encoder | None
     allow_plugin: bool
     data_changed: bool
+    fingerprint: str = ""  # of the training split as it is on disk now (``v2:``)
     model_dir: Path | None = None  # the HuggingFace directory --ckpt named, if it was one
 
     def reference_rows(self) -> np.ndarray:
@@ -159,6 +162,22 @@ def resolve_spec(
     return relocate_data_path(spec, base=Path.cwd()), allow_plugin
 
 
+def data_folder_of(
+    ckpt: Path, *, config: Path | None, flags: Mapping[str, Any] | None = None
+) -> Path | None:
+    """The data folder a command on ``ckpt`` would read, from metadata only (no tensors), for
+    path checks before any work; None when it cannot be told yet (the real error comes later)."""
+    from unforget.errors import UnforgetError
+
+    try:
+        meta = ckpt_io.read_metadata(ckpt) if ckpt.is_file() else {}
+        stub = Checkpoint(path=ckpt, tensors={}, metadata=meta, sha256="")
+        spec, _ = resolve_spec(stub, config=config, flags=flags or {})
+    except (UnforgetError, OSError, ValueError):
+        return None
+    return Path(spec.data.path) if spec.data.path else None
+
+
 def open_workspace(
     checkpoint_path: Path,
     *,
@@ -192,12 +211,19 @@ def open_workspace(
             f"(first: {', '.join(sorted(overlap)[:3])}); held-out must be unseen"
         )
     info = input_info(train, spec.data)
-    changed = bool(spec.train_fingerprint) and spec.train_fingerprint != fingerprint(train)
+    changed, current = _data_changed(spec, train)
     if changed and not accept_data_change:
+        legacy = not (spec.train_fingerprint or "").startswith("v2:")
         raise DataError(
             f"the training split in {spec.data.path} is not the data this model was trained on "
-            "(fingerprint of IDs and labels differs), so IDs could resolve to the wrong rows; "
-            "pass --accept-data-change if the change is intended (it is recorded)"
+            "(fingerprint of IDs, labels and inputs differs), so IDs could resolve to the wrong "
+            "rows; pass --accept-data-change if the change is intended (it is recorded)"
+            + (
+                "; the checkpoint holds an older fingerprint that also changes when only the "
+                "row order changed"
+                if legacy
+                else ""
+            )
         )
     if spec.num_classes is not None and spec.num_classes != info.num_classes:
         raise SpecError(
@@ -215,6 +241,7 @@ def open_workspace(
         encoder=encoder,
         allow_plugin=allow_plugin,
         data_changed=changed,
+        fingerprint=current,
         model_dir=model_dir,
     )
 
@@ -230,9 +257,25 @@ def with_data_facts(spec: RunSpec, info: InputInfo) -> RunSpec:
     )
 
 
+def _data_changed(spec: RunSpec, train: Split) -> tuple[bool, str]:
+    """Compare the recorded fingerprint (if any) with the data; return (changed, current)."""
+    if not spec.train_fingerprint:
+        return False, fingerprint(train, spec.data)
+    matches, current = fingerprint_matches(spec.train_fingerprint, train, spec.data)
+    return not matches, current
+
+
 def _encoder(checkpoint: Checkpoint, info: InputInfo) -> Encoder | None:
     if info.kind != "text":
         return None
     from unforget.data.text import encoder_from_checkpoint
 
     return encoder_from_checkpoint(checkpoint, max_length=info.shape[0])
+
+
+def deleted_rows(ckpt: Path) -> Deleted:
+    """What ``ckpt``'s deletion ledger removed, as rows of its training data (needs the key);
+    ``unforget cache prune`` removes cached models trained on any of them."""
+    ws = open_workspace(ckpt, accept_data_change=True)
+    known = {ws.fingerprint, *([ws.spec.train_fingerprint] if ws.spec.train_fingerprint else [])}
+    return Deleted(fingerprints=frozenset(known), rows=ws.ledger_rows())
