@@ -28,7 +28,7 @@ from unforget.data.loaders import make_loader, source
 from unforget.errors import CheckpointError, InputError, OutputExistsError
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.manifest import read_manifest
-from unforget.methods import get_method, make_config
+from unforget.methods import METHODS, get_method, make_config
 from unforget.methods import pgu_stats as stats_io
 from unforget.methods.base import Loader, UnlearnTask
 from unforget.methods.common import reference_target
@@ -44,7 +44,7 @@ from unforget.runtime.device import precision_for, resolve_device
 from unforget.workflows.unlearn import ApplyRequest, ApplyResult, apply
 from unforget.workflows.workspace import Workspace, open_workspace
 
-SEED_METHODS = ("pgu", "ltu", "lur")
+SEED_METHODS = tuple(m for m in METHODS if m in {"pgu", "ltu", "lur"})  # the seed methods
 TOLERANCE = 0.03  # absolute accuracy: retain sample and held-out may fall at most 3 points
 # |δC_ij| ≤ Σ_n |δ(x_i x_j)| ≲ 2·ε·Σ_n |x_i||x_j| ≤ 2·ε·max_k C_kk with ε ≈ 2e-6, the relative
 # error of a float32 activation after a 784-term dot product; so 1e-5 of the largest entry.
