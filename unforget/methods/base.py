@@ -45,7 +45,6 @@ class GuardConfig:
 
     max_retain_drop: float = 0.15  # absolute accuracy, 0.15 = 15 points
     check_every: int = 25  # steps
-    retain_sample: int = 1024  # retain rows in the fixed guard sample
 
 
 @dataclass(frozen=True, kw_only=True)
