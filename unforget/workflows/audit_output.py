@@ -236,8 +236,8 @@ def conclusion(status: str, reasons: tuple[str, ...], evidence: str) -> tuple[st
         return (
             "The model still behaves as if it were trained on the deleted samples: the "
             "deletion is not demonstrated.",
-            "re-run apply on the original checkpoint with a stronger setting (e.g. "
-            "--method nabla-tau, or --method retrain for exact retraining), then audit again.",
+            "re-run apply on the original checkpoint with the default method (proxy-distill) "
+            "or --method retrain for exact retraining, then audit again.",
         )
     if status == "FAIL-OVER":
         return (
