@@ -9,9 +9,9 @@ ratio method / retrain measured in this process (wall time of the whole call).
 
     python scripts/evaluate_default.py --settings random10,random20 --seeds 3 --out eval/
 
-Settings: ``random10`` (the shipped manifest), ``randomNN`` (NN % of the sample's training rows,
-drawn with numpy seed 7), ``class:Sandal`` (the shipped class manifest). Writes ``rows.json``
-(one object per model) and ``table.md`` in ``--out``.
+Settings: ``random10`` and ``shipped20`` (the shipped manifests), ``randomNN`` (NN % of the
+sample's training rows, drawn with numpy seed 7), ``class:Sandal`` (the shipped class
+manifest). Writes ``rows.json`` (one object per model) and ``table.md`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def manifest_for(setting: str, out: Path) -> Path:
     """The manifest file of a setting (shipped, or drawn once with numpy seed 7)."""
     if setting == "random10":
         return SAMPLE / "forget_random10.txt"
+    if setting == "shipped20":  # the quick start's manifest (scripts/build_forget_manifest.py)
+        return SAMPLE / "forget_random20.txt"
     if setting == "class:Sandal":
         return SAMPLE / "forget_class_sandal.txt"
     if not setting.startswith("random"):
@@ -94,9 +96,9 @@ def audit(ckpt: Path, manifest: Path, refs: int) -> dict[str, Any]:
         ),
         precision=CPU,
     )
-    t, diff = report.target, report.auc_difference
-    assert t is not None and t.metrics is not None and diff is not None
-    ref_tpr = float(np.mean([r.metrics.tpr[0].tpr for r in report.references if r.metrics]))
+    t, comparison = report.target, report.comparison
+    assert t is not None and t.metrics is not None and comparison is not None
+    diff = comparison.auc_difference
     return {
         "forget_acc": t.utility.forget,
         "retain_acc": t.utility.retain,
@@ -106,7 +108,7 @@ def audit(ckpt: Path, manifest: Path, refs: int) -> dict[str, Any]:
         "auc_diff_low": diff.low,
         "auc_diff_high": diff.high,
         "tpr1": t.metrics.tpr[0].tpr,
-        "tpr1_excess": t.metrics.tpr[0].tpr - ref_tpr,
+        "tpr1_excess": comparison.tpr_difference.value,
         "leaking": t.metrics.n_leaking,
         "signal_remaining": report.signal_remaining,
         "verdict": report.verdict.status,
