@@ -18,7 +18,7 @@ Models are reused, never retrained per audit (audit.md, "Calibrate, don't assume
   original j mod N.
 - N originals trained on all rows (they saw F): each is audited as the target against K retrains
   (starting at a different one each time), with original i+1 as its positive control.
-Each model is queried once; the audits run :func:`unforget.audit.scoring.audit_signals` (the
+Each model is queried once; the audits run :func:`unforget.mia.scoring.audit_signals` (the
 CLI's own numpy path) on the cached signals. Smaller |F| are the first n IDs of a fixed
 permutation of F (the retrains still excluded all 1,200, so their retain set is the same).
 
@@ -43,9 +43,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from unforget.audit.exact import clopper_pearson  # noqa: E402
-from unforget.audit.results import VerdictRule  # noqa: E402
-from unforget.audit.scoring import audit_signals  # noqa: E402
+from unforget.mia.exact import clopper_pearson  # noqa: E402
+from unforget.mia.results import VerdictRule  # noqa: E402
+from unforget.mia.scoring import audit_signals  # noqa: E402
 
 STATUSES = ("PASS", "FAIL-LEAK", "FAIL-OVER", "INCONCLUSIVE")
 

@@ -71,6 +71,18 @@ def test_apply_a_checkpoint_path_writes_beside_out(tiny_ckpt: Path, tmp_path: Pa
     assert not (tmp_path / "again.safetensors").exists()
 
 
+def test_api_names_survive_importing_the_package_internals() -> None:
+    """Importing every subpackage must not replace ``unforget.apply``/``unforget.audit`` (a
+    subpackage of the same name would: importing it sets the attribute on the package)."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.walk_packages(unforget.__path__, "unforget."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    assert callable(unforget.apply) and callable(unforget.audit)
+
+
 def test_library_errors_are_typed(tiny_ckpt: Path) -> None:
     with pytest.raises(unforget.InputError):
         unforget.apply(tiny_ckpt, [], device="cpu")

@@ -14,8 +14,8 @@ from types import ModuleType
 
 import pytest
 
-from unforget.audit.results import VerdictRule
 from unforget.io.manifest import read_manifest
+from unforget.mia.results import VerdictRule
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""The paired target-vs-references comparison (``unforget.audit.comparison``).
+"""The paired target-vs-references comparison (``unforget.mia.comparison``).
 
 The bootstrap is checked against a slow, obvious implementation (materialise each resample and
 recompute AUC and tail shares from scratch), and on the property it exists for: a component
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unforget.audit import metrics
-from unforget.audit.comparison import _allowed, _Prepared, _tail_rates, compare_with_references
-from unforget.audit.results import AttackScores
+from unforget.mia import metrics
+from unforget.mia.comparison import _allowed, _Prepared, _tail_rates, compare_with_references
+from unforget.mia.results import AttackScores
 
 
 def scores(forget: np.ndarray, heldout: np.ndarray) -> AttackScores:

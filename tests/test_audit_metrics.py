@@ -1,6 +1,6 @@
 """Audit statistics against slow, obvious references, hand-worked values and properties.
 
-Conventions under test (unforget.audit.results): higher score = more member-like; ``pos`` = forget
+Conventions under test (unforget.mia.results): higher score = more member-like; ``pos`` = forget
 scores F, ``neg`` = held-out scores H.
 """
 
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unforget.audit import attacks, exact, metrics
-from unforget.audit.results import AttackScores
+from unforget.mia import attacks, exact, metrics
+from unforget.mia.results import AttackScores
 
 FAST = settings(max_examples=60, deadline=None)
 small_ints = st.lists(st.integers(-20, 20), min_size=1, max_size=30)

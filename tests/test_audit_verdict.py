@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from unforget.audit.power import sample_size_check
-from unforget.audit.results import (
+from unforget.mia.power import sample_size_check
+from unforget.mia.results import (
     AttackMetrics,
     AttackScores,
     Estimate,
@@ -30,8 +30,8 @@ from unforget.audit.results import (
     VerdictRule,
     as_json,
 )
-from unforget.audit.scoring import audit_signals
-from unforget.audit.verdict import REASON_TEXT, decide
+from unforget.mia.scoring import audit_signals
+from unforget.mia.verdict import REASON_TEXT, decide
 
 RULE = VerdictRule()
 N_F, N_H, K = 2000, 10000, 4

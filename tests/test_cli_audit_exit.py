@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from unforget.audit.power import sample_size_check
-from unforget.audit.results import EXIT_CODES, Verdict, VerdictRule
 from unforget.cli import run
+from unforget.mia.power import sample_size_check
+from unforget.mia.results import EXIT_CODES, Verdict, VerdictRule
 from unforget.workflows import audit as audit_workflow
 from unforget.workflows.audit import AuditReport
 

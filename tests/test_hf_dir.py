@@ -86,7 +86,9 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict
 def test_hf_directory_apply_audit_and_load_back(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    transformers = pytest.importorskip("transformers")
+    AutoModelForSequenceClassification = transformers.AutoModelForSequenceClassification
+    AutoTokenizer = transformers.AutoTokenizer
 
     base = unpack_minilm(tmp_path / "all-MiniLM-L6-v2")
     data = small_text_data(tmp_path / "data")

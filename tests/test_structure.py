@@ -1,7 +1,7 @@
 """The package's layering, checked from the source (no imports executed).
 
 Layers, top to bottom: ``cli`` → ``workflows`` (use cases, the Python API) → building blocks
-(``audit``, ``methods``, ``models``, ``training``, ``data``, ``io``, ``config``, ``runtime``,
+(``mia``, ``methods``, ``models``, ``training``, ``data``, ``io``, ``config``, ``runtime``,
 ``errors``). A building block never imports a use case, nothing outside ``cli`` imports ``cli``,
 and no module imports itself back through a cycle.
 """
@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "unforget"
-BUILDING_BLOCKS = {"audit", "methods", "models", "training", "data", "io", "config", "runtime"}
+BUILDING_BLOCKS = {"mia", "methods", "models", "training", "data", "io", "config", "runtime"}
 
 
 def _module_name(path: Path) -> str:

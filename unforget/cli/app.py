@@ -563,8 +563,8 @@ def audit(
     debug: Debug = False,
 ) -> int:
     """Membership-inference audit of the forget set against held-out data, with controls."""
-    from unforget.audit.results import VerdictRule
     from unforget.errors import InputError
+    from unforget.mia.results import VerdictRule
     from unforget.workflows.audit import AuditRequest, run_audit
     from unforget.workflows.audit_output import print_audit, to_json, write_csv, write_plot
 

@@ -2,7 +2,7 @@
 
 Flow (audit.md): resolve inputs → pre-check of |F|, |H| and K (before any training; it says
 whether a PASS is reachable but never stops the audit: small requests are attacked too) →
-reference models → signals (torch) → :func:`unforget.audit.scoring.audit_signals` (scores,
+reference models → signals (torch) → :func:`unforget.mia.scoring.audit_signals` (scores,
 metrics, comparison with the negative controls, verdict; numpy). The primary attack is fixed by K
 before anything is scored (RMIA below 16 references, LiRA from 16); population-loss numbers are
 reported beside it for comparison with papers, never used for the verdict.
@@ -21,21 +21,21 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from unforget.audit import attacks, metrics
-from unforget.audit.power import sample_size_check
-from unforget.audit.results import (
+from unforget.data.loaders import make_loader, source
+from unforget.errors import InputError
+from unforget.io import checkpoint as ckpt_io
+from unforget.io.manifest import read_manifest
+from unforget.mia import attacks, metrics
+from unforget.mia.power import sample_size_check
+from unforget.mia.results import (
     AttackMetrics,
     ReferenceComparison,
     SampleSizeCheck,
     Verdict,
     VerdictRule,
 )
-from unforget.audit.scoring import FPRS, audit_signals
-from unforget.audit.signals import Signals, compute_signals
-from unforget.data.loaders import make_loader, source
-from unforget.errors import InputError
-from unforget.io import checkpoint as ckpt_io
-from unforget.io.manifest import read_manifest
+from unforget.mia.scoring import FPRS, audit_signals
+from unforget.mia.signals import Signals, compute_signals
 from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
 from unforget.workflows import ref_budget, references
@@ -400,7 +400,7 @@ def _score(
     precision: Precision,
     diagnostics: tuple[str, ...],
 ) -> _Scored:
-    """Query every model (torch), then run the numpy audit of :mod:`unforget.audit.scoring`."""
+    """Query every model (torch), then run the numpy audit of :mod:`unforget.mia.scoring`."""
     rng = np.random.default_rng(request.seed)
     retain_sample = np.sort(rng.choice(retain, size=min(RETAIN_SAMPLE, len(retain)), replace=False))
     is_forget = np.r_[np.ones(len(forget), bool), np.zeros(len(heldout), bool)]

@@ -10,9 +10,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from unforget.audit.results import as_json
 from unforget.errors import InputError
 from unforget.io.fileio import atomic_write
+from unforget.mia.results import as_json
 from unforget.workflows.audit import SCHEMA, AuditReport, ModelResult
 
 DISCLAIMER = (

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from unforget.audit import attacks, metrics
-from unforget.audit.signals import Signals, compute_signals
 from unforget.config.spec import merge_spec, spec_layer_from_toml
 from unforget.data import fmnist
 from unforget.data.loaders import make_loader, source
 from unforget.errors import InputError, UnforgetError
 from unforget.io.fileio import atomic_write, atomic_write_json
+from unforget.mia import attacks, metrics
+from unforget.mia.signals import Signals, compute_signals
 from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
 from unforget.workflows.train import train_checkpoint

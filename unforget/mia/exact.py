@@ -146,7 +146,7 @@ def beta_binom_sf(x: int, n: int, *, a: int, b: int) -> float:
 
     pmf(j) = C(n, j)·B(j+a, n−j+b)/B(a, b). With integer a = k+1 and b = m−k this is the negative
     hypergeometric law of the number of n exchangeable draws ranked above the (k+1)-th largest of m
-    others, which is what :func:`unforget.audit.metrics.tail_test` needs.
+    others, which is what :func:`unforget.mia.metrics.tail_test` needs.
     """
     if n < 0 or a < 1 or b < 1:
         raise ValueError(f"need n >= 0 and integer a, b >= 1, got n={n}, a={a}, b={b}")

@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from unforget.audit.metrics import auc
+from unforget.mia.metrics import auc
 
 FloatArray = npt.NDArray[np.float64]
 AttackName = Literal["rmia", "lira", "population-loss"]

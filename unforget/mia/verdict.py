@@ -1,7 +1,7 @@
 """The audit's pre-registered decision rule (audit.md, "Verdict", revised).
 
 Every test and margin compares the target with the references audited the same way (the
-negative controls, :mod:`unforget.audit.comparison`), never with 0.5 or the nominal FPR: a
+negative controls, :mod:`unforget.mia.comparison`), never with 0.5 or the nominal FPR: a
 forget/held-out difference that every retrain shares can then neither block a PASS nor make a
 FAIL. The family-wise level α is split evenly (Bonferroni) between the AUC test and the tail
 test, α/2 each, one-sided in the direction checked. A FAIL needs a test to reject *and* the effect
@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from unforget.audit.results import (
+from unforget.mia.results import (
     EXIT_CODES,
     AttackMetrics,
     Evidence,
@@ -286,13 +286,13 @@ def decide(
         target: metrics of the audited model θ_U (its BH-flagged IDs and, without negative
             controls, its tests against exchangeability), at ``rule.fpr``.
         comparison: θ_U against the negative controls from
-            :func:`unforget.audit.comparison.compare_with_references`; None when K < 2.
+            :func:`unforget.mia.comparison.compare_with_references`; None when K < 2.
         controls: each reference's own metrics audited against the other K−1 (their flagged
             IDs say which samples look "leaking" under a retrain too).
         positive_control: the original model θ_O compared with the same controls, or None; it
             only qualifies a PASS as strong or weak evidence.
         rule: margins and level.
-        sample: :func:`unforget.audit.power.sample_size_check` for these |F|, |H| and K.
+        sample: :func:`unforget.mia.power.sample_size_check` for these |F|, |H| and K.
         diagnostics: problems found upstream (e.g. recipe mismatch); any blocks a PASS.
 
     Returns:

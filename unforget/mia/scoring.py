@@ -7,7 +7,7 @@ the script caches each model's signals once and audits many target/reference com
 Roles (audit.md): the target θ_U; the original θ_O (positive control, optional); K references
 trained without F (OUT for F and H). With K ≥ 2 each reference i is audited as a target against
 the other K−1 (negative control i), and the target is also scored against those same K−1, so the
-pair (target, control i) is scored alike; :mod:`unforget.audit.comparison` compares them.
+pair (target, control i) is scored alike; :mod:`unforget.mia.comparison` compares them.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from unforget.audit import attacks, metrics
-from unforget.audit.comparison import compare_with_references
-from unforget.audit.power import sample_size_check
-from unforget.audit.results import (
+from unforget.mia import attacks, metrics
+from unforget.mia.comparison import compare_with_references
+from unforget.mia.power import sample_size_check
+from unforget.mia.results import (
     AttackMetrics,
     AttackScores,
     ReferenceComparison,
@@ -30,14 +30,14 @@ from unforget.audit.results import (
     Verdict,
     VerdictRule,
 )
-from unforget.audit.verdict import decide
+from unforget.mia.verdict import decide
 
 FloatArray = npt.NDArray[np.float64]
 FPRS = (0.01, 0.001)  # TPR is reported at each; the rule reads ``VerdictRule.fpr``
 
 
 class ModelSignals(Protocol):
-    """Per-sample signals of one model over F then H (see :mod:`unforget.audit.signals`)."""
+    """Per-sample signals of one model over F then H (see :mod:`unforget.mia.signals`)."""
 
     @property
     def loss(self) -> FloatArray: ...

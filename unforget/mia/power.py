@@ -2,7 +2,7 @@
 
 Run before any reference is trained, from the sizes alone. It predicts the standard errors of the
 paired differences the verdict reads (AUC_U − AUC_ref and TPR_U − TPR_ref, see
-:mod:`unforget.audit.comparison`) for an exact retrain, and says in one line what would make a
+:mod:`unforget.mia.comparison`) for an exact retrain, and says in one line what would make a
 PASS reachable when it is not: more forget IDs, more held-out rows or more references. It never
 stops the audit: a small request is still attacked, and a leak is still FAIL-LEAK.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from unforget.audit.exact import normal_sf
-from unforget.audit.metrics import RESOLVABLE_TAIL, min_detectable_auc_delta
-from unforget.audit.results import SampleSizeCheck, VerdictRule
+from unforget.mia.exact import normal_sf
+from unforget.mia.metrics import RESOLVABLE_TAIL, min_detectable_auc_delta
+from unforget.mia.results import SampleSizeCheck, VerdictRule
 
 _Z95 = 1.959963984540054  # two-sided 95% intervals, as everywhere in the audit
 _MAX_SIZE = 10_000_000

@@ -1,9 +1,9 @@
 """Metrics of forget-vs-held-out membership scores, with intervals and exact tests (numpy only).
 
-Every function takes scores oriented by the convention on :class:`~unforget.audit.results.
+Every function takes scores oriented by the convention on :class:`~unforget.mia.results.
 AttackScores` (higher = more member-like): ``pos`` are the forget scores F, ``neg`` the held-out
 scores H. Randomness only enters through an explicit ``np.random.Generator``, so the same seed
-gives byte-identical results. Exact distribution tails live in :mod:`unforget.audit.exact`.
+gives byte-identical results. Exact distribution tails live in :mod:`unforget.mia.exact`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from unforget.audit.exact import beta_binom_sf, clopper_pearson, normal_quantile, normal_sf
-from unforget.audit.results import (
+from unforget.mia.exact import beta_binom_sf, clopper_pearson, normal_quantile, normal_sf
+from unforget.mia.results import (
     AttackMetrics,
     AttackScores,
     Estimate,

@@ -1,6 +1,6 @@
 """Typed results of the membership-inference audit.
 
-Conventions, written once here and assumed by every function in ``unforget.audit``:
+Conventions, written once here and assumed by every function in ``unforget.mia``:
 
 * **Higher score = more member-like.** Every attack returns per-sample scores oriented so that a
   training member is expected to score higher than a non-member (loss attacks negate the loss).

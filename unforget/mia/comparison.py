@@ -27,9 +27,9 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from unforget.audit.exact import normal_sf
-from unforget.audit.metrics import auc
-from unforget.audit.results import AttackScores, Estimate, ReferenceComparison
+from unforget.mia.exact import normal_sf
+from unforget.mia.metrics import auc
+from unforget.mia.results import AttackScores, Estimate, ReferenceComparison
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -66,7 +66,7 @@ class _Prepared:
 
         One cumulative sum D of the H multiplicities (in this vector's sorted order) gives all
         three: AUC* = Σ_i c_i·[D(< x_i) + ½·D(= x_i)] / (n_F·n_H) as in
-        :func:`unforget.audit.metrics.weighted_aucs`; the (k+1)-th largest H score counted with
+        :func:`unforget.mia.metrics.weighted_aucs`; the (k+1)-th largest H score counted with
         multiplicity sits at index #{j : D_j ≤ n_H − k − 1}, the (k+1)-th smallest at
         #{j : D_j < k + 1}, so a replicate reads the tails exactly as the point estimate does.
         """

@@ -1,1 +1,0 @@
-"""Membership-inference audit: signals (torch) -> scores -> metrics (numpy) -> verdict."""
