@@ -68,6 +68,7 @@ from torch import nn
 from unforget.errors import GuardRailError, InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import Guard, device_batch, freeze_batchnorm, paired
+from unforget.methods.nabla_tau_paper import PAPER
 from unforget.runtime.progress import Tick
 from unforget.training.evaluate import predict
 
@@ -242,8 +243,7 @@ class NablaTau:
         summary="∇τ with quantile-matched targets: ascent on forget data up to held-out loss "
         "levels, descent on retain data.",
         needs=("forget", "retain", "reference"),
-        paper="Trippa et al., ∇τ: Gradient-based and Task-Agnostic machine Unlearning, "
-        "arXiv 2403.14339 (2024)",
+        paper=PAPER,
     )
     Config: ClassVar[type] = NablaTauConfig
 

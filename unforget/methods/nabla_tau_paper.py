@@ -68,6 +68,12 @@ def paper_forget_epochs(retain_batches: int, forget_batches: int, *, cap: int) -
     return max(1, min(cap, math.floor(6 * retain_batches / (2 * max(forget_batches, 1)))))
 
 
+PAPER = (
+    "Trippa et al., ∇τ: Gradient-based and Task-Agnostic machine Unlearning, "
+    "arXiv 2403.14339 (2024)"
+)
+
+
 def paper_loss(
     forget_loss: torch.Tensor, retain_loss: torch.Tensor, *, tau: float, alpha: float
 ) -> torch.Tensor:
@@ -83,8 +89,7 @@ class NablaTauPaper:
         summary="∇τ as published: ascent on forget data up to the mean held-out loss, fixed "
         "length.",
         needs=("forget", "retain", "reference"),
-        paper="Trippa et al., ∇τ: Gradient-based and Task-Agnostic machine Unlearning, "
-        "arXiv 2403.14339 (2024)",
+        paper=PAPER,
     )
     Config: ClassVar[type] = PaperConfig
 
