@@ -529,7 +529,17 @@ def test_exported_ledger_summary_holds_no_hashes(foreign: dict[str, Path]) -> No
 # --- item 10: cache root and prune -------------------------------------------------------------
 
 
-def test_prune_removes_references_trained_on_deleted_rows(foreign: dict[str, Path]) -> None:
+@pytest.fixture
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache root of this test's own: prune must never touch the caller's real cache."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("UNFORGET_CACHE", str(root))
+    return root
+
+
+def test_prune_removes_references_trained_on_deleted_rows(
+    foreign: dict[str, Path], own_cache: Path
+) -> None:
     deleted = deleted_rows(foreign["out"])
     assert len(deleted.rows) == 60
     fingerprint = next(iter(deleted.fingerprints))
@@ -546,7 +556,7 @@ def test_prune_removes_references_trained_on_deleted_rows(foreign: dict[str, Pat
     for path, record in files.values():
         save_checkpoint(path, tensors, metadata={KEY_TRAINED_ON: record}, force=True)
     save_checkpoint(folder / "unknown.safetensors", tensors, metadata={}, force=True)
-    datasets = Path(os.environ["UNFORGET_CACHE"]) / "datasets" / "x"
+    datasets = own_cache / "datasets" / "x"
     datasets.mkdir(parents=True, exist_ok=True)
     result = prune([deleted])
     names = {p.name for p in result.removed}
@@ -557,7 +567,7 @@ def test_prune_removes_references_trained_on_deleted_rows(foreign: dict[str, Pat
         path.unlink(missing_ok=True)
 
 
-def test_prune_dry_run_removes_nothing() -> None:
+def test_prune_dry_run_removes_nothing(own_cache: Path) -> None:
     import torch
 
     folder = references_dir()
@@ -570,13 +580,13 @@ def test_prune_dry_run_removes_nothing() -> None:
     path.unlink()
 
 
-def test_datasets_conversions_live_under_the_cache_root(tmp_path: Path) -> None:
+def test_datasets_conversions_live_under_the_cache_root(tmp_path: Path, own_cache: Path) -> None:
     (tmp_path / "d").mkdir()
     csv = "id,x,label\n" + "".join(f"r{i},{i},{i % 2}\n" for i in range(8))
     (tmp_path / "d" / "train.csv").write_text(csv)
     spec = DataSpec(path=str(tmp_path / "d"), input_columns=("x",))
     load_split(spec, "train")
-    root = Path(os.environ["UNFORGET_CACHE"]) / "datasets"
+    root = own_cache / "datasets"
     assert any(p.suffix == ".arrow" for p in root.rglob("*"))
 
 
