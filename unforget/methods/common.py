@@ -247,3 +247,13 @@ def capped_lr(params: list[nn.Parameter], relative_step: float, cap: float) -> f
     """:func:`calibrated_lr`, at most ``cap`` (the stable lr 1/λ_max scaled); None as there."""
     relative = calibrated_lr(params, relative_step)
     return min(relative, cap) if relative is not None else None
+
+
+def quantiles_at(sorted_values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Quantiles of ``sorted_values`` (n,) at ``levels`` in [0, 1], by linear interpolation
+    between order statistics (numpy's default "linear" rule); shape of ``levels``."""
+    position = levels * (sorted_values.numel() - 1)
+    low = position.floor().long()
+    high = position.ceil().long()
+    weight = position - low.to(position.dtype)
+    return sorted_values[low] * (1 - weight) + sorted_values[high] * weight

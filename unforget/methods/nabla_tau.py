@@ -67,6 +67,7 @@ from torch import nn
 
 from unforget.errors import GuardRailError, InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
+from unforget.methods.common import quantiles_at
 from unforget.methods.loop import Guard, device_batch, freeze_batchnorm, paired
 from unforget.methods.nabla_tau_paper import PAPER
 from unforget.runtime.progress import Tick
@@ -176,12 +177,7 @@ def quantile_targets(losses: torch.Tensor, reference: torch.Tensor) -> torch.Ten
     """
     b = losses.numel()
     ranks = torch.argsort(torch.argsort(losses.detach()))
-    levels = (ranks.to(reference.dtype) + 0.5) / b
-    position = levels * (reference.numel() - 1)
-    low = position.floor().long()
-    high = position.ceil().long()
-    weight = position - low.to(position.dtype)
-    return reference[low] * (1 - weight) + reference[high] * weight
+    return quantiles_at(reference, (ranks.to(reference.dtype) + 0.5) / b)
 
 
 def assign_targets(

@@ -65,6 +65,7 @@ from torch import nn
 from unforget.data.loaders import Batch, RowSource, make_loader
 from unforget.errors import InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
+from unforget.methods.common import quantiles_at
 from unforget.methods.loop import (
     Guard,
     cycle,
@@ -154,12 +155,7 @@ def quantile_map(values: torch.Tensor, source: torch.Tensor, target: torch.Tenso
     """
     n = source.numel()
     u = torch.searchsorted(source, values, right=True).to(target.dtype) / n
-    u = u.clamp(0.5 / n, 1 - 0.5 / n)
-    position = u * (target.numel() - 1)
-    low = position.floor().long()
-    high = position.ceil().long()
-    weight = position - low.to(position.dtype)
-    return target[low] * (1 - weight) + target[high] * weight
+    return quantiles_at(target, u.clamp(0.5 / n, 1 - 0.5 / n))
 
 
 def target_distribution(
