@@ -240,25 +240,26 @@ def descend(
             group["lr"] = lr * lr_factor(schedule, step - 1, steps)
         train_step(loss_fn)
         if step == 1:
-            first = _checked(train_step, guard, step=step, method=name)
+            first = checked_loss(train_step, guard, step=step, method=name)
         if after_step is not None:
             after_step()
         if step % task.guard.check_every == 0:
-            _checked(train_step, guard, step=step, method=name)
+            checked_loss(train_step, guard, step=step, method=name)
             guard.check(step=step, method=name)
         task.on_progress(Tick(name, step, steps, {"loss": train_step.last}))
         stop = should_stop(step) if should_stop is not None else None
         if stop:
             reason = stop
             break
-    last = _checked(train_step, guard, step=step, method=name)
+    last = checked_loss(train_step, guard, step=step, method=name)
     if step % task.guard.check_every:  # the steps since the last periodic check: check once more
         guard.check(step=0, method=name)
     return Trace(step, reason, first, last, time.perf_counter() - start)
 
 
-def _checked(train_step: TrainStep, guard: Guard, *, step: int, method: str) -> float:
-    """The last loss, after the non-finite check of every loss since the previous check."""
+def checked_loss(train_step: TrainStep, guard: Guard, *, step: int, method: str) -> float:
+    """The last loss, after the non-finite check of every loss since the previous check (agreed
+    across ranks): what every loop calls at its checks, the only place it reads the loss."""
     value, finite = train_step.flush()
     guard.check_loss(value if finite else float("nan"), step=step, method=method)
     return value

@@ -68,10 +68,12 @@ from torch import nn
 from unforget.errors import GuardRailError, InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import quantiles_at
-from unforget.methods.loop import Guard, device_batch, freeze_batchnorm, paired
+from unforget.methods.loop import Guard, checked_loss, device_batch, freeze_batchnorm, paired
 from unforget.methods.nabla_tau_paper import PAPER
+from unforget.runtime import distributed
 from unforget.runtime.progress import Tick
 from unforget.training.evaluate import predict
+from unforget.training.step import TrainStep, optimizer_for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,10 +270,19 @@ class NablaTau:
         guard = Guard(model, task.retain_eval, task.precision, task.guard)
         state = self._start(task, config, cap)
         guard.baseline = state.start_retain_acc
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        optimizer = optimizer_for(
+            "adamw",
+            list(model.parameters()),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            eager=not task.precision.compile,
         )
-        scaler = task.precision.scaler()
+        train_step = TrainStep(model, optimizer, precision=task.precision)
+        # (forget term, retain loss) of the last step and the count of steps whose forget term
+        # was active, kept on the device: read only at checks (no host sync per step)
+        parts: dict[str, torch.Tensor] = {}
+        active = torch.zeros((), dtype=torch.int64, device=task.precision.device)
+        fields: dict[str, float] = {}
         reason, step = "max_steps", 0
         started = time.perf_counter()
         for step, (f_batch, r_batch) in enumerate(paired(task.forget, task.retain, steps=plan), 1):
@@ -281,16 +292,20 @@ class NablaTau:
             lr = config.lr * state.lr_scale * warm * (1 - (1 - config.lr_end) * progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            term, retain_loss = self._step(
-                model, optimizer, scaler, task, state, f_batch, r_batch, alpha
-            )
-            guard.check_loss(term + retain_loss, step=step, method=self.info.name)
-            if alpha > 0 and term > 0:
-                state.forget_active_steps += 1
-            fields = {"alpha": alpha, "forget": term, "retain": retain_loss}
-            task.on_progress(Tick(self.info.name, step, plan, fields))
+            self._step(train_step, task, state, f_batch, r_batch, alpha, parts)
+            if alpha > 0:
+                active += parts["term"] > 0
             if step % eval_every and step != plan:
+                task.on_progress(Tick(self.info.name, step, plan, fields))
                 continue
+            # the check: the only host syncs (the losses since the last check, evaluations)
+            checked_loss(train_step, guard, step=step, method=self.info.name)
+            fields = {
+                "alpha": alpha,
+                "forget": float(parts["term"]),
+                "retain": float(parts["retain"]),
+            }
+            task.on_progress(Tick(self.info.name, step, plan, fields))
             verdict = self._evaluate(task, config, state, step, optimizer)
             if verdict == "gave_up":
                 raise GuardRailError(
@@ -301,6 +316,7 @@ class NablaTau:
             if verdict == "reached" and config.early_stop:
                 reason = "target_reached"
                 break
+        state.forget_active_steps = int(active)
         if reason == "max_steps" and state.best is not None:
             # Never reached every criterion at once: keep the checked state closest to them
             # (model selection on the reference split and the retain sample, never on evidence).
@@ -347,6 +363,8 @@ class NablaTau:
         by_row = torch.zeros(int(forget_out.rows.max()) + 1, device=device)
         by_row[torch.from_numpy(forget_out.rows).to(device)] = targets
         norm = float(forget_term(losses, targets, power=config.power))
+        # every rank evaluated the same rows: agree on the numbers decisions are made from
+        norm, retain_acc, reference_acc = distributed.agreed(norm, retain_acc, reference_acc)
         state = _State(
             reference=reference,
             targets=by_row,
@@ -386,44 +404,44 @@ class NablaTau:
 
     @staticmethod
     def _step(
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scaler: Any,
+        train_step: TrainStep,
         task: UnlearnTask,
         state: _State,
         f_batch: Any,
         r_batch: Any,
         alpha: float,
-    ) -> tuple[float, float]:
-        """One paired step of Eq. 2 with the quantile-matched forget term.
+        parts: dict[str, torch.Tensor],
+    ) -> None:
+        """One paired step of Eq. 2 with the quantile-matched forget term (no host sync).
 
         Retain and forget batches go through the model in ONE forward pass (the model is in eval
         mode, so batch composition cannot change BatchNorm statistics): fewer kernel launches.
+        ``parts`` receives the step's detached forget term and retain loss.
         """
         start = time.perf_counter()
+        model = train_step.model
         xf, yf = device_batch(f_batch, task.precision)
         rows = f_batch[2].to(task.precision.device, non_blocking=True)
         xr, yr = device_batch(r_batch, task.precision)
         n_r = len(yr)
-        with task.precision.autocast():
+
+        def loss() -> torch.Tensor:
             if alpha > 0:
                 logits = model(torch.cat([xr, xf])).float()
                 retain_loss = nn.functional.cross_entropy(logits[:n_r], yr)
                 losses = nn.functional.cross_entropy(logits[n_r:], yf, reduction="none")
                 term = forget_term(losses, state.targets[rows], power=state.power) / state.norm
-                loss = (1 - alpha) * retain_loss + alpha * term
+                total = (1 - alpha) * retain_loss + alpha * term
             else:
                 retain_loss = nn.functional.cross_entropy(model(xr).float(), yr)
                 term = torch.zeros((), device=xr.device)
-                loss = retain_loss
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        values = float(term.detach()), float(retain_loss.detach())
+                total = retain_loss
+            parts["term"], parts["retain"] = term.detach(), retain_loss.detach()
+            return total
+
+        train_step(loss)
         state.step_seconds += time.perf_counter() - start
         state.step_samples += n_r + (len(yf) if alpha > 0 else 0)
-        return values
 
     def _evaluate(
         self,
@@ -441,6 +459,8 @@ class NablaTau:
         model, precision = task.model, task.precision
         retain_acc, _retain_loss = self._retain(task)
         reference, reference_acc = self._reference(task, state.removed, state.cap)
+        # the same rows on every rank; agreed numbers make every rank take the same branch
+        retain_acc, reference_acc = distributed.agreed(retain_acc, reference_acc)
         if retain_acc < state.start_retain_acc - task.guard.max_retain_drop:
             model.load_state_dict(state.good)  # type: ignore[arg-type]
             raise GuardRailError(
@@ -483,6 +503,7 @@ class NablaTau:
         )
         state.targets[torch.from_numpy(forget_out.rows).to(precision.device)] = targets
         gap = float(forget_term(losses, targets, power=state.power)) / state.norm
+        forget_acc, gap = distributed.agreed(forget_acc, gap)
         # The target is the held-out accuracy at the start (a retrained model's accuracy on unseen
         # data, approximately), not the current one, which dips while the model is disturbed.
         # Removed classes are never predicted by a retrained model: their target accuracy is 0.

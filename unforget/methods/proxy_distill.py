@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -68,15 +69,18 @@ from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import quantiles_at
 from unforget.methods.loop import (
     Guard,
+    checked_loss,
     cycle,
     device_batch,
     freeze_batchnorm,
     paired,
     require,
 )
+from unforget.runtime import distributed
 from unforget.runtime.progress import Tick
 from unforget.training.evaluate import predict
 from unforget.training.loop import make_optimizer
+from unforget.training.step import TrainStep, optimizer_for
 
 F = nn.functional
 
@@ -207,9 +211,9 @@ def proxy_batches(task: UnlearnTask, share: float, seed: int) -> Iterator[Batch]
         rng = np.random.default_rng(seed)
         count = max(1, round(share * len(dataset.rows)))
         rows = np.sort(rng.choice(dataset.rows, size=count, replace=False))
-        loader = make_loader(
+        loader = make_loader(  # sharded under torchrun like task.retain, same global batch
             dataclasses.replace(dataset, rows=rows),
-            batch_size=task.retain.batch_size or 64,
+            batch_size=distributed.global_batch_size(task.retain),
             shuffle=True,
             seed=seed,
             device=task.precision.device,
@@ -229,26 +233,37 @@ def _in_share(rows: torch.Tensor, share: float, seed: int) -> torch.Tensor:
 
 
 def train_proxy(task: UnlearnTask, *, share: float, epochs: float) -> tuple[nn.Module, int]:
-    """The proxy: fresh weights, the recipe's optimiser, cosine schedule, on the retain share."""
+    """The proxy: fresh weights, the recipe's optimiser, cosine schedule, on the retain share.
+
+    One :class:`~unforget.training.step.TrainStep` per batch (under torchrun each rank reads
+    its shard of the share and gradients are averaged; BatchNorm statistics, updated per rank
+    in train mode, are averaged at the end so every rank builds the same targets). The loss is
+    read on the host only for the progress tick every 50 steps.
+    """
     proxy = reinitialised(task.model, task.seed + 17)
     proxy.train()
     recipe = task.spec.recipe
-    optimizer = make_optimizer([p for p in proxy.parameters() if p.requires_grad], recipe)
+    optimizer = make_optimizer(
+        [p for p in proxy.parameters() if p.requires_grad],
+        recipe,
+        eager=not task.precision.compile,
+    )
+    train_step = TrainStep(proxy, optimizer, precision=task.precision)
     steps = max(1, math.ceil(epochs * share * len(task.retain)))
     batches = proxy_batches(task, share, task.seed)
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(proxy(x).float(), y, label_smoothing=recipe.label_smoothing)
+
     for step in range(steps):
         x, y = device_batch(next(batches), task.precision)
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        with task.precision.autocast():
-            loss = F.cross_entropy(proxy(x).float(), y, label_smoothing=recipe.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(functools.partial(loss, x, y))
         if step % 50 == 0:
-            task.on_progress(
-                Tick("proxy-distill: proxy", step + 1, steps, {"loss": float(loss.detach())})
-            )
+            value, _ = train_step.flush()
+            task.on_progress(Tick("proxy-distill: proxy", step + 1, steps, {"loss": value}))
+    distributed.average_buffers(proxy)
     proxy.eval()
     return proxy, steps
 
@@ -368,11 +383,15 @@ class ProxyDistill:
         plan = max(1, min(config.max_forget_epochs * f_batches, cap))
         plan = max(plan, min(config.min_forget_epochs, config.max_forget_epochs) * f_batches)
         check_every = max(1, min(plan // 4, max(f_batches, plan // 20)))
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        optimizer = optimizer_for(
+            "adamw",
+            list(model.parameters()),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            eager=not task.precision.compile,
         )
+        train_step = TrainStep(model, optimizer, precision=task.precision)
         guard = Guard(model, task.retain_eval, task.precision, task.guard)
-        scaler = task.precision.scaler()
         start = self._check(task, targets, 0, norm=1.0)
         norm = start.fit if start.fit > 1e-12 else 1.0
         start = _Check(0, 1.0, start.retain_acc, start.reference_acc)
@@ -383,13 +402,16 @@ class ProxyDistill:
         for step, (f_batch, r_batch) in enumerate(paired(task.forget, task.retain, steps=plan), 1):
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_scale * (1 - (1 - config.lr_end) * (step - 1) / plan)
-            value = self._step(
-                model, optimizer, task, targets, f_batch, r_batch, config.alpha, scaler
+            train_step(
+                functools.partial(
+                    self._loss, model, task, targets, f_batch, r_batch, alpha=config.alpha
+                )
             )
-            guard.check_loss(value, step=step, method=self.info.name)
-            task.on_progress(Tick(self.info.name, step, plan, {"loss": value}))
+            task.on_progress(Tick(self.info.name, step, plan, {"loss": train_step.last}))
             if step % check_every and step != plan:
                 continue
+            # the check: the only host syncs (the loss since the last check, then evaluations)
+            checked_loss(train_step, guard, step=step, method=self.info.name)
             check = self._check(task, targets, step, norm=norm)
             history.append(check.as_dict())
             drop = check.drop(start)
@@ -434,30 +456,23 @@ class ProxyDistill:
         )
 
     @staticmethod
-    def _step(
+    def _loss(
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
         task: UnlearnTask,
         targets: _Targets,
         f_batch: Batch,
         r_batch: Batch,
+        *,
         alpha: float,
-        scaler: Any,
-    ) -> float:
-        """One paired step; forget and retain rows in one forward pass (eval mode)."""
+    ) -> torch.Tensor:
+        """One paired step's loss; forget and retain rows in one forward pass (eval mode)."""
         xf, _ = device_batch(f_batch, task.precision)
         rows = f_batch[2].to(task.precision.device, non_blocking=True).long()
         xr, yr = device_batch(r_batch, task.precision)
-        with task.precision.autocast():
-            logits = model(torch.cat([xr, xf])).float()
-            retain = F.cross_entropy(logits[: len(yr)], yr)
-            forget = distill_term(logits[len(yr) :], targets.q[rows])
-            loss = alpha * forget + (1 - alpha) * retain
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return float(loss.detach())
+        logits = model(torch.cat([xr, xf])).float()
+        retain = F.cross_entropy(logits[: len(yr)], yr)
+        forget = distill_term(logits[len(yr) :], targets.q[rows])
+        return alpha * forget + (1 - alpha) * retain
 
     @staticmethod
     @torch.no_grad()
@@ -473,7 +488,10 @@ class ProxyDistill:
         reference = predict(model, task.reference, precision=precision)  # type: ignore[arg-type]
         keep = ~np.isin(reference.labels, np.asarray(task.removed_classes, dtype=np.int64))
         ref_acc = float(reference.correct()[keep].mean()) if keep.any() else float("nan")
-        return _Check(step, fit, float(retain.correct().mean()), ref_acc)
+        # every rank evaluated the same rows; agreeing on the numbers makes every decision
+        # (brake, stop, model selection) the same on all ranks under torchrun
+        fit, retain_acc, ref_acc = distributed.agreed(fit, float(retain.correct().mean()), ref_acc)
+        return _Check(step, fit, retain_acc, ref_acc)
 
 
 METHOD = ProxyDistill()
