@@ -221,7 +221,8 @@ def descend(
     Each step (:class:`~unforget.training.step.TrainStep`): lr ← base lr ×
     ``lr_factor(schedule)``; the loss under autocast, backward and step through the AMP scaler
     (gradients averaged across ranks under torchrun); ``after_step()`` (e.g. SalUn's weight
-    mask); a progress tick; ``should_stop(step)`` may end the run early with a reason. Every
+    mask); a progress tick; ``should_stop(step)`` may end the run early with a reason (agreed
+    across ranks: a rank whose evaluation says stop stops every rank). Every
     ``task.guard.check_every`` steps and once more at the end (the only host syncs): a
     non-finite loss since the last check restores the last good weights and raises
     :class:`GuardRailError`, then the retain-accuracy floor. The model stays in eval mode.
@@ -248,8 +249,8 @@ def descend(
             guard.check(step=step, method=name)
         task.on_progress(Tick(name, step, steps, {"loss": train_step.last}))
         stop = should_stop(step) if should_stop is not None else None
-        if stop:
-            reason = stop
+        if should_stop is not None and any_rank(bool(stop)):  # all ranks leave together
+            reason = stop or "stopped_on_another_rank"
             break
     last = checked_loss(train_step, guard, step=step, method=name)
     if step % task.guard.check_every:  # the steps since the last periodic check: check once more

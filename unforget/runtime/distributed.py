@@ -171,7 +171,7 @@ def agreed(*values: float) -> tuple[float, ...]:
     return tuple(float(v) for v in out.tolist())
 
 
-def average_graph(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+def average_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """The mean over ranks of each tensor, DIFFERENTIABLE (``torch.distributed.nn``): for a
     quantity that enters a loss non-linearly, e.g. a look-ahead step θ' = θ − η·∇L_F whose
     gradient must be that of the global batch, not of this rank's share. The backward of the
