@@ -23,10 +23,13 @@ from unforget.io.checkpoint import KEY_PROVENANCE, load_checkpoint
 from unforget.methods import METHODS as REGISTRY
 
 pytestmark = pytest.mark.slow
-# Compared with one process on the sample: the default, ∇τ, the reference-stopped methods and
-# descend(). lur and ltu take their look-ahead θ' from the rank-averaged (global batch's)
-# gradient and their step sizes from the global batch's curvature, as one process does.
-METHODS = ("proxy-distill", "nabla-tau", "pgu", "ltu", "lur", "finetune")
+# Compared with one process on the sample: the default, ∇τ, the reference-stopped pgu and ltu
+# and descend(). Not lur: its maths on 2 ranks is that of one process (look-ahead from the
+# rank-averaged gradient, curvature of the global batch; checked exactly by
+# test_look_ahead_and_curvature_on_two_ranks_equal_one_process), but on this model one process
+# alone ends 3 points of forget accuracy apart, and on different stop rules, across seeds 0-2, and
+# another world size reads its batches in another order, like another seed.
+METHODS = ("proxy-distill", "nabla-tau", "pgu", "ltu", "finetune")
 
 CONFIG = """
 [model]

@@ -399,14 +399,18 @@ class ProxyDistill:
         history, lr_scale, brakes = [start.as_dict()], 1.0, 0
         best, best_score, best_step = copy.deepcopy(model.state_dict()), math.inf, 0
         reason, step = "plan_complete_best_kept", 0
+        step_seconds, step_samples = 0.0, 0  # the steps alone, without the checks
         for step, (f_batch, r_batch) in enumerate(paired(task.forget, task.retain, steps=plan), 1):
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_scale * (1 - (1 - config.lr_end) * (step - 1) / plan)
+            tick = time.perf_counter()
             train_step(
                 functools.partial(
                     self._loss, model, task, targets, f_batch, r_batch, alpha=config.alpha
                 )
             )
+            step_seconds += time.perf_counter() - tick
+            step_samples += len(f_batch[1]) + len(r_batch[1])
             task.on_progress(Tick(self.info.name, step, plan, {"loss": train_step.last}))
             if step % check_every and step != plan:
                 continue
@@ -451,6 +455,10 @@ class ProxyDistill:
                 "brakes": brakes,
                 "final_lr_scale": lr_scale,
                 "loop_seconds": round(time.perf_counter() - started - proxy_seconds, 3),
+                "step_seconds": round(step_seconds, 3),
+                "step_samples_per_second": round(step_samples / step_seconds, 1)
+                if step_seconds > 0
+                else None,
                 "history": history,
             },
         )
