@@ -195,12 +195,12 @@ def test_audit_references_split_over_ranks_equal_sequential_ones(
 
 TINY = """
 [model]
-name = "mlp"
-kwargs = {{ hidden = [32] }}
+name = "{model}"
+kwargs = {{ {kwargs} }}
 [data]
 path = "{data}"
 [recipe]
-epochs = 4
+epochs = {epochs}
 batch_size = 64
 lr = 0.003
 seed = 0
@@ -208,23 +208,34 @@ seed = 0
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> tuple[Path, Path]:
-    """A 1,200 + 800-row slice of the sample, a 32-unit MLP trained on it in one process,
-    and a manifest of every 10th training ID (120)."""
+def tiny_data(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> tuple[Path, Path]:
+    """A 1,200 + 800-row slice of the sample and a manifest of every 10th training ID (120)."""
     root = tmp_path_factory.mktemp("tiny")
     data = root / "data"
     data.mkdir()
     for split, rows in (("train", 1200), ("heldout", 800)):
         table = pq.read_table(sample_dir / "fashion-mnist" / f"{split}.parquet")
         pq.write_table(table.slice(0, rows), data / f"{split}.parquet")
-    config = root / "tiny.toml"
-    config.write_text(TINY.format(data=data))
-    ckpt = root / "model.safetensors"
-    unforget("train", "--config", config, "--out", ckpt)
     ids = pq.read_table(data / "train.parquet", columns=["id"]).column("id").to_pylist()
     manifest = root / "forget.txt"
     manifest.write_text("\n".join(ids[::10]) + "\n")
-    return ckpt, manifest
+    return data, manifest
+
+
+def tiny_model(data: Path, *, model: str, kwargs: str, epochs: int) -> Path:
+    """A small model trained on ``data`` in one process."""
+    config = data.parent / f"{model}.toml"
+    config.write_text(TINY.format(model=model, kwargs=kwargs, data=data, epochs=epochs))
+    ckpt = data.parent / f"{model}.safetensors"
+    unforget("train", "--config", config, "--out", ckpt)
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_data: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A 32-unit MLP on the slice, and the manifest."""
+    data, manifest = tiny_data
+    return tiny_model(data, model="mlp", kwargs="hidden = [32]", epochs=4), manifest
 
 
 @pytest.mark.parametrize("method", list(REGISTRY))
@@ -240,6 +251,28 @@ def test_every_method_runs_on_two_processes(
     )
     assert (result["world_size"], result["method"]) == (2, method)
     assert out.exists() and result["steps"] >= 0
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn(tiny_data: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A small CNN with BatchNorm on the slice, and the manifest."""
+    data, manifest = tiny_data
+    return tiny_model(data, model="cnn", kwargs="width = 8", epochs=2), manifest
+
+
+@pytest.mark.parametrize("method", ["retrain", "proxy-distill"])
+def test_batchnorm_models_end_the_same_on_every_rank(
+    tiny_cnn: tuple[Path, Path], method: str, tmp_path: Path
+) -> None:
+    """Methods that train in train mode (``retrain``; ``proxy-distill``'s proxy) update
+    BatchNorm statistics on each rank's shard: they are averaged across ranks at the end, so
+    a small CNN's ``apply`` still ends with the same weights and buffers on both ranks."""
+    ckpt, manifest = tiny_cnn
+    out = tmp_path / "out.safetensors"
+    result = unforget(
+        "apply", "--ckpt", ckpt, "--forget", manifest, "--method", method, "--out", out, procs=2
+    )
+    assert result["world_size"] == 2 and out.exists()
 
 
 LOOK_AHEAD = """
