@@ -51,7 +51,10 @@ methods.md). The code does exactly this:
    (``max_steps_best_kept``): model selection reads the forget term against targets from the
    reference split, never forget-set accuracy.
 
-Every choice is recorded in the receipt (``method_details``).
+Every choice is recorded in the receipt (``method_details``). Each step goes through
+:class:`~unforget.training.step.TrainStep` (under ``torchrun``: sharded streams, gradients
+averaged across ranks); the losses are read on the host only at checks, and the numbers each
+check decides on are averaged across ranks so every rank brakes, rolls back and stops alike.
 """
 
 from __future__ import annotations

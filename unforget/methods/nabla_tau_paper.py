@@ -18,7 +18,10 @@ the paper). The authors' defaults for images, none of them tuned here:
 For their text experiments the authors use α₀ = 0.5 and lr 3e-4 (``--set alpha0=0.5
 --set lr=0.0003``). There is no early stop and no target other than the mean: the failure modes
 this has on heavy-tailed or well-generalising models (methods.md) are the point of keeping it.
-The tool-wide guard rails (non-finite loss, retain-accuracy floor) still apply.
+The tool-wide guard rails (non-finite loss, retain-accuracy floor) still apply, at the guard's
+checks (the only host reads of the loss). Steps go through
+:class:`~unforget.training.step.TrainStep` (gradients averaged across ranks under ``torchrun``;
+τ is averaged across ranks, so every rank uses the same one).
 """
 
 from __future__ import annotations
