@@ -71,7 +71,14 @@ from torch import nn
 from unforget.errors import GuardRailError, InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import quantiles_at
-from unforget.methods.loop import Guard, checked_loss, device_batch, freeze_batchnorm, paired
+from unforget.methods.loop import (
+    EvalSets,
+    Guard,
+    checked_loss,
+    device_batch,
+    freeze_batchnorm,
+    paired,
+)
 from unforget.methods.nabla_tau_paper import PAPER
 from unforget.runtime import distributed
 from unforget.runtime.progress import Tick
@@ -222,9 +229,11 @@ class _State:
     start_retain_acc: float
     start_reference_acc: float
     start_retain_loss: float
+    evals: EvalSets  # the fixed check samples, resident in memory where they fit
     lr_scale: float = 1.0
     rollbacks: int = 0
     step_seconds: float = 0.0
+    check_seconds: float = 0.0
     step_samples: int = 0
     brakes: int = 0
     forget_active_steps: int = 0
@@ -270,8 +279,9 @@ class NablaTau:
         )
         eval_every = config.eval_every or max(5, min(50, plan // 20))
         cap = config.max_target_loss or math.log(max(task.spec.num_classes or 2, 2)) + 2.0
-        guard = Guard(model, task.retain_eval, task.precision, task.guard)
-        state = self._start(task, config, cap)
+        evals = EvalSets.of(task)
+        guard = Guard(model, evals.retain, task.precision, task.guard)
+        state = self._start(task, evals, config, cap)
         guard.baseline = state.start_retain_acc
         optimizer = optimizer_for(
             "adamw",
@@ -302,6 +312,7 @@ class NablaTau:
                 task.on_progress(Tick(self.info.name, step, plan, fields))
                 continue
             # the check: the only host syncs (the losses since the last check, evaluations)
+            tick = time.perf_counter()
             checked_loss(train_step, guard, step=step, method=self.info.name)
             fields = {
                 "alpha": alpha,
@@ -310,6 +321,7 @@ class NablaTau:
             }
             task.on_progress(Tick(self.info.name, step, plan, fields))
             verdict = self._evaluate(task, config, state, step, optimizer)
+            state.check_seconds += time.perf_counter() - tick
             if verdict == "gave_up":
                 raise GuardRailError(
                     f"{self.info.name}: could not forget without losing more than "
@@ -346,6 +358,7 @@ class NablaTau:
                 "steps_saved_by_early_stop": plan - step,
                 "loop_seconds": round(time.perf_counter() - started, 3),
                 "step_seconds": round(state.step_seconds, 3),
+                "check_seconds": round(state.check_seconds, 3),
                 "step_samples_per_second": round(state.step_samples / state.step_seconds, 1)
                 if state.step_seconds > 0
                 else None,
@@ -353,13 +366,15 @@ class NablaTau:
             },
         )
 
-    def _start(self, task: UnlearnTask, config: NablaTauConfig, cap: float) -> _State:
+    def _start(
+        self, task: UnlearnTask, evals: EvalSets, config: NablaTauConfig, cap: float
+    ) -> _State:
         device = task.precision.device
         removed = torch.zeros(task.spec.num_classes or 2, dtype=torch.bool, device=device)
         removed[list(task.removed_classes)] = True
-        reference, reference_acc = self._reference(task, removed, cap)
-        retain_acc, retain_loss = self._retain(task)
-        forget_out = predict(task.model, task.forget_eval, precision=task.precision)
+        reference, reference_acc = self._reference(task, evals, removed, cap)
+        retain_acc, retain_loss = self._retain(task, evals)
+        forget_out = predict(task.model, evals.forget, precision=task.precision)
         labels = torch.from_numpy(forget_out.labels).to(device)
         losses = torch.from_numpy(forget_out.losses()).float().to(device)
         targets = assign_targets(losses, reference, removed=removed[labels], cap=cap)
@@ -379,27 +394,27 @@ class NablaTau:
             start_retain_acc=retain_acc,
             start_reference_acc=reference_acc,
             start_retain_loss=retain_loss,
+            evals=evals,
         )
         state.good = copy.deepcopy(task.model.state_dict())
         return state
 
     @staticmethod
-    def _retain(task: UnlearnTask) -> tuple[float, float]:
+    def _retain(task: UnlearnTask, evals: EvalSets) -> tuple[float, float]:
         """Accuracy and mean loss on the fixed retain sample, in one pass."""
-        out = predict(task.model, task.retain_eval, precision=task.precision)
+        out = predict(task.model, evals.retain, precision=task.precision)
         return float(out.correct().mean()), float(out.losses().mean())
 
     @staticmethod
     def _reference(
-        task: UnlearnTask, removed: torch.Tensor, cap: float
+        task: UnlearnTask, evals: EvalSets, removed: torch.Tensor, cap: float
     ) -> tuple[torch.Tensor, float]:
         """Sorted held-out losses of the current model clipped to [0, cap], and its accuracy.
 
         Rows of classes removed whole are left out: their behaviour is meant to change, so
         they are neither a target for the rest nor evidence of damage.
         """
-        assert task.reference is not None
-        out = predict(task.model, task.reference, precision=task.precision)
+        out = predict(task.model, evals.reference, precision=task.precision)
         keep = ~removed.cpu().numpy()[out.labels]
         losses = torch.from_numpy(out.losses()[keep]).float().clamp(0.0, cap).sort().values
         accuracy_kept = float(out.correct()[keep].mean()) if keep.any() else float("nan")
@@ -460,8 +475,8 @@ class NablaTau:
             GuardRailError: retain accuracy collapsed past the global guard floor.
         """
         model, precision = task.model, task.precision
-        retain_acc, _retain_loss = self._retain(task)
-        reference, reference_acc = self._reference(task, state.removed, state.cap)
+        retain_acc, _retain_loss = self._retain(task, state.evals)
+        reference, reference_acc = self._reference(task, state.evals, state.removed, state.cap)
         # the same rows on every rank; agreed numbers make every rank take the same branch
         retain_acc, reference_acc = distributed.agreed(retain_acc, reference_acc)
         if retain_acc < state.start_retain_acc - task.guard.max_retain_drop:
@@ -497,7 +512,7 @@ class NablaTau:
         else:
             state.good = copy.deepcopy(model.state_dict())
         state.reference = reference
-        forget_out = predict(model, task.forget_eval, precision=precision)
+        forget_out = predict(model, state.evals.forget, precision=precision)
         forget_acc = float(forget_out.correct().mean())
         labels = torch.from_numpy(forget_out.labels).to(precision.device)
         losses = torch.from_numpy(forget_out.losses()).float().to(precision.device)

@@ -45,6 +45,7 @@ from unforget.methods.loop import (
     mean_loss,
     paired,
     require,
+    resident,
 )
 from unforget.runtime import distributed
 from unforget.runtime.progress import Tick
@@ -125,7 +126,8 @@ class NablaTauPaper:
             eager=not task.precision.compile,
         )
         train_step = TrainStep(model, optimizer, precision=task.precision)
-        guard = Guard(model, task.retain_eval, task.precision, task.guard)
+        reference = resident(task.reference)  # read at every τ measurement
+        guard = Guard(model, resident(task.retain_eval), task.precision, task.guard)
         guard.start()
         taus: list[float] = []
         started = time.perf_counter()
@@ -134,7 +136,7 @@ class NablaTauPaper:
             epoch = (step - 1) // f_batches
             if (step - 1) % f_batches == 0 and epoch % config.tau_every == 0:
                 # the same held-out rows on every rank; agreed so all use one τ
-                taus.append(distributed.agreed(mean_loss(model, task.reference, task.precision))[0])
+                taus.append(distributed.agreed(mean_loss(model, reference, task.precision))[0])
             alpha = alpha0 * (1 - epoch / epochs)
             progress = (step - 1) / plan
             for group in optimizer.param_groups:

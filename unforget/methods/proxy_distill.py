@@ -75,6 +75,7 @@ from unforget.errors import InputError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import quantiles_at
 from unforget.methods.loop import (
+    EvalSets,
     Guard,
     checked_loss,
     cycle,
@@ -422,8 +423,9 @@ class ProxyDistill:
             eager=not task.precision.compile,
         )
         train_step = TrainStep(model, optimizer, precision=task.precision)
-        guard = Guard(model, task.retain_eval, task.precision, task.guard)
-        start = self._check(task, targets, 0, norm=1.0)
+        evals = EvalSets.of(task, forget=targets.check_loader)
+        guard = Guard(model, evals.retain, task.precision, task.guard)
+        start = self._check(task, evals, targets, 0, norm=1.0)
         norm = start.fit if start.fit > 1e-12 else 1.0
         start = _Check(0, 1.0, start.retain_acc, start.reference_acc)
         guard.baseline = start.retain_acc
@@ -431,6 +433,7 @@ class ProxyDistill:
         best, best_score, best_step = copy.deepcopy(model.state_dict()), math.inf, 0
         reason, step = "plan_complete_best_kept", 0
         step_seconds, step_samples = 0.0, 0  # the steps alone, without the checks
+        check_seconds = 0.0  # the checks (evaluations) alone
         for step, (f_batch, r_batch) in enumerate(paired(task.forget, task.retain, steps=plan), 1):
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_scale * (1 - (1 - config.lr_end) * (step - 1) / plan)
@@ -446,8 +449,10 @@ class ProxyDistill:
             if step % check_every and step != plan:
                 continue
             # the check: the only host syncs (the loss since the last check, then evaluations)
+            tick = time.perf_counter()
             checked_loss(train_step, guard, step=step, method=self.info.name)
-            check = self._check(task, targets, step, norm=norm)
+            check = self._check(task, evals, targets, step, norm=norm)
+            check_seconds += time.perf_counter() - tick
             history.append(check.as_dict())
             drop = check.drop(start)
             if drop > task.guard.max_retain_drop:
@@ -487,6 +492,7 @@ class ProxyDistill:
                 "final_lr_scale": lr_scale,
                 "loop_seconds": round(time.perf_counter() - started - proxy_seconds, 3),
                 "step_seconds": round(step_seconds, 3),
+                "check_seconds": round(check_seconds, 3),
                 "step_samples_per_second": round(step_samples / step_seconds, 1)
                 if step_seconds > 0
                 else None,
@@ -515,16 +521,18 @@ class ProxyDistill:
 
     @staticmethod
     @torch.no_grad()
-    def _check(task: UnlearnTask, targets: _Targets, step: int, *, norm: float) -> _Check:
+    def _check(
+        task: UnlearnTask, evals: EvalSets, targets: _Targets, step: int, *, norm: float
+    ) -> _Check:
         """Fit on the fixed forget rows (KL to q, relative to ``norm``), retain and V accuracy."""
         model, precision = task.model, task.precision
-        forget = predict(model, targets.check_loader or task.forget_eval, precision=precision)
+        forget = predict(model, evals.forget, precision=precision)
         pick = np.isin(forget.rows, targets.check_rows.numpy())
         logits = torch.from_numpy(forget.logits[pick]).float().to(precision.device)
         rows = torch.from_numpy(forget.rows[pick]).long().to(precision.device)
         fit = float(distill_term(logits, targets.q[rows])) / norm
-        retain = predict(model, task.retain_eval, precision=precision)
-        reference = predict(model, task.reference, precision=precision)  # type: ignore[arg-type]
+        retain = predict(model, evals.retain, precision=precision)
+        reference = predict(model, evals.reference, precision=precision)
         keep = ~np.isin(reference.labels, np.asarray(task.removed_classes, dtype=np.int64))
         ref_acc = float(reference.correct()[keep].mean()) if keep.any() else float("nan")
         # every rank evaluated the same rows; agreeing on the numbers makes every decision
