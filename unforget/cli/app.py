@@ -262,7 +262,7 @@ def train(
             force=force,
             allow_plugin=allow_plugin,
             exclude=manifest,
-            pgu_stats=pgu_stats,
+            states=("pgu",) if pgu_stats else (),
             on_progress=tick,
         )
     if as_json:
@@ -282,7 +282,7 @@ def report_json(report: Any) -> dict[str, Any]:
         "train": report.train.as_dict(),
         "heldout": report.heldout.as_dict(),
         "seconds": round(report.result.seconds, 3),
-        "pgu_statistics": str(report.statistics) if report.statistics else None,
+        "pgu_statistics": str(report.states["pgu"]) if "pgu" in report.states else None,
         "spec": as_plain(report.spec),
     }
 
