@@ -1,4 +1,4 @@
-"""One deletion's rows, resolved once (``Workspace.deletion``),: apply, audit, bench."""
+"""One deletion's rows, resolved once (``Workspace.deletion``) for apply, audit and bench."""
 
 from __future__ import annotations
 
