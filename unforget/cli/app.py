@@ -874,8 +874,38 @@ def _fail(exc: BaseException, *, debug: bool, unexpected: bool = False) -> None:
         traceback.print_exception(exc, file=sys.stderr)
     kind = f"{type(exc).__name__}: " if unexpected else ""
     hint = "" if debug else " (run with --debug for details)" if unexpected else ""
-    message = " ".join(str(exc).split())
+    text = exc.message_for(FLAGS) if isinstance(exc, UnforgetError) else str(exc)
+    message = " ".join(text.split())
     sys.stderr.write(f"unforget: error: {kind}{message}{hint}\n")
+
+
+# The library's messages name parameters (unforget.errors.param); these are their flags here.
+FLAGS = {
+    "accept_data_change": "--accept-data-change",
+    "base": "--base",
+    "budget_minutes": "--budget",
+    "ckpt": "--ckpt",
+    "config": "--config",
+    "data": "--data",
+    "delta_auc": "--delta-auc",
+    "device": "--device",
+    "exclude": "--exclude",
+    "force": "--force",
+    "jobs": "--jobs",
+    "ledger_key": "--ledger-key",
+    "like": "--like",
+    "manifest": "--forget",
+    "method": "--method",
+    "methods": "--methods",
+    "model": "--model",
+    "options": "--set",
+    "original": "--original",
+    "out": "--out",
+    "plot": "--plot",
+    "ref_source": "--ref-source",
+    "refs": "--refs",
+    "retrained": "--retrained",
+}
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import importlib
 from typing import Any
 
 from unforget.config.options import build
-from unforget.errors import InputError
+from unforget.errors import InputError, param
 from unforget.methods.base import Method, SavedState, saved_state
 
 METHODS: dict[str, str] = {
@@ -49,7 +49,7 @@ def get_method(name: str) -> Method:
 
 def make_config(method: Method, values: dict[str, Any]) -> Any:
     """The method's config from ``--set`` values, validated (every problem reported at once)."""
-    return build(method.Config, values, what=f"--set for method {method.info.name!r}")
+    return build(method.Config, values, what=f"{param('options')} of method {method.info.name!r}")
 
 
 def saved_states() -> dict[str, SavedState]:

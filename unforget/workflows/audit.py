@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from unforget.errors import InputError
+from unforget.errors import InputError, param
 from unforget.io import checkpoint as ckpt_io
 from unforget.mia import attacks, metrics
 from unforget.mia.power import sample_size_check
@@ -68,10 +68,10 @@ class AuditRequest:
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
-            raise InputError(f"--jobs must be at least 1, not {self.jobs}")
+            raise InputError(f"{param('jobs')} must be at least 1, not {self.jobs}")
         if self.ref_source not in references.SOURCES:
             raise InputError(
-                f"--ref-source must be one of {', '.join(references.SOURCES)}, "
+                f"{param('ref_source')} must be one of {', '.join(references.SOURCES)}, "
                 f"not {self.ref_source!r}"
             )
 

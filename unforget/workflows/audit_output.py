@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from unforget.errors import InputError
+from unforget.errors import InputError, param
 from unforget.io.fileio import atomic_write
 from unforget.mia.results import as_json
 from unforget.workflows.audit import SCHEMA, AuditReport, ModelResult
@@ -104,7 +104,7 @@ def write_plot(report: AuditReport, path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise InputError("--plot needs matplotlib: pip install 'unforget[plot]'") from exc
+        raise InputError(f"{param('plot')} needs matplotlib: pip install 'unforget[plot]'") from exc
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (fpr, tpr) in report.roc.items():
         style = {"target": ("C0", 2.0), "original": ("C3", 1.5)}.get(name, ("0.6", 0.8))

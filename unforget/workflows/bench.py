@@ -23,7 +23,7 @@ import numpy as np
 
 from unforget.config.spec import merge_spec, spec_layer_from_toml
 from unforget.data import fmnist
-from unforget.errors import InputError, UnforgetError
+from unforget.errors import InputError, UnforgetError, param
 from unforget.io.fileio import atomic_write, atomic_write_json
 from unforget.mia import attacks, metrics
 from unforget.mia.signals import Signals, compute_signals
@@ -146,7 +146,9 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run everything, write ``results.json``, ``results.md`` and ``results.png``; return JSON."""
     if "retrain" not in config.methods:
-        raise InputError("bench needs 'retrain' among --methods: it is the reference answer")
+        raise InputError(
+            f"bench needs 'retrain' among {param('methods')}: it is the reference answer"
+        )
     data = prepare_data(config)
     runs: list[Run] = []
     originals: dict[int, float] = {}

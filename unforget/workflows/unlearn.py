@@ -21,7 +21,7 @@ import numpy as np
 from unforget import __version__
 from unforget.config.options import as_plain
 from unforget.config.spec import relativise_data_path
-from unforget.errors import GuardRailError
+from unforget.errors import GuardRailError, param
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.fileio import (
     Staged,
@@ -160,7 +160,7 @@ def apply(
     method = get_method(request.method)
     config = make_config(method, request.options)
     out = request.out or default_out(request.ckpt)
-    check_plan(apply_paths(request, out, data=None), must_exist=["--ckpt"])
+    check_plan(apply_paths(request, out, data=None), must_exist=[param("ckpt")])
     ws, manifest, forget = open_request(
         request.ckpt,
         request.manifest,
@@ -199,27 +199,29 @@ def apply(
 
 def apply_paths(request: ApplyRequest, out: Path, *, data: Path | None) -> IOPlan:
     """What ``apply`` reads and writes (see :mod:`unforget.io.paths`)."""
-    inputs = {"--ckpt": request.ckpt, "--forget": request.manifest}
+    inputs = {param("ckpt"): request.ckpt, param("manifest"): request.manifest}
     if request.config is not None:
-        inputs["--config"] = request.config
+        inputs[param("config")] = request.config
     states = saved_states()  # every method's state file: none may be overwritten or left stale
     for name, path in (
-        *((f"the {s.label} of --ckpt", s.path(request.ckpt)) for s in states.values()),
-        ("the receipt of --ckpt", receipt_path(request.ckpt)),
+        *((f"the {s.label} of {param('ckpt')}", s.path(request.ckpt)) for s in states.values()),
+        (f"the receipt of {param('ckpt')}", receipt_path(request.ckpt)),
     ):
         if path.exists():
             inputs[name] = path
     outputs = {
-        "--out": out,
-        "the receipt of --out": receipt_path(out),
-        **{f"the {s.label} file of --out": s.path(out) for s in states.values()},
+        param("out"): out,
+        f"the receipt of {param('out')}": receipt_path(out),
+        **{f"the {s.label} file of {param('out')}": s.path(out) for s in states.values()},
     }
     return IOPlan(
         inputs=inputs,
         outputs=outputs,
         folders={"the data folder": data} if data else {},
         # a HuggingFace model directory in gives a model directory out
-        directories=frozenset({"--ckpt", "--out"}) if request.ckpt.is_dir() else frozenset(),
+        directories=frozenset({param("ckpt"), param("out")})
+        if request.ckpt.is_dir()
+        else frozenset(),
     )
 
 

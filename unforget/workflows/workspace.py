@@ -34,7 +34,7 @@ from unforget.data.splits import (
     load_split,
     reference_mask,
 )
-from unforget.errors import DataError, SpecError
+from unforget.errors import DataError, SpecError, param
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.cache import Deleted
 from unforget.io.checkpoint import Checkpoint
@@ -287,7 +287,8 @@ def open_workspace(
         raise DataError(
             f"the training split in {spec.data.path} is not the data this model was trained on "
             "(fingerprint of IDs, labels and inputs differs), so IDs could resolve to the wrong "
-            "rows; pass --accept-data-change if the change is intended (it is recorded)"
+            f"rows; pass {param('accept_data_change', True)} if the change is intended (it is "
+            "recorded)"
             + (
                 "; the checkpoint holds an older fingerprint that also changes when only the "
                 "row order changed"
