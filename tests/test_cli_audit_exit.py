@@ -17,7 +17,7 @@ from unforget.cli import run
 from unforget.mia.power import sample_size_check
 from unforget.mia.results import EXIT_CODES, Verdict, VerdictRule
 from unforget.workflows import audit as audit_workflow
-from unforget.workflows.audit import AuditReport
+from unforget.workflows.audit import AuditReport, report_without_models
 
 
 def _report(status: str) -> AuditReport:
@@ -30,22 +30,14 @@ def _report(status: str) -> AuditReport:
         min_detectable_auc=sample.min_detectable_auc_delta,
         explanation=f"chosen by the test: {status}",
     )
-    return AuditReport(
+    return report_without_models(
+        verdict,
+        sample=sample,
         inputs={},
         settings={},
-        sample=sample,
+        timing={"total_seconds": 0.0},
         attack="rmia",
         k=4,
-        target=None,
-        original=None,
-        references=(),
-        comparison=None,
-        positive_comparison=None,
-        signal_remaining=None,
-        diagnostics=(),
-        verdict=verdict,
-        timing={"total_seconds": 0.0},
-        notes=(),
     )
 
 

@@ -533,12 +533,35 @@ def _early(
         explanation=explanation,
     )
     timing["total_seconds"] = time.perf_counter() - started
-    return AuditReport(
+    return report_without_models(
+        verdict,
+        sample=sample,
         inputs=inputs,
         settings=_settings(request, "none", 0),
+        timing=timing,
+        notes=tuple(notes),
+    )
+
+
+def report_without_models(
+    verdict: Verdict,
+    *,
+    sample: SampleSizeCheck,
+    inputs: dict[str, Any],
+    settings: dict[str, Any],
+    timing: dict[str, float],
+    notes: tuple[str, ...] = (),
+    attack: str = "none",
+    k: int = 0,
+) -> AuditReport:
+    """A report that carries a verdict but no model was scored (an audit stopped before any
+    training, or a stand-in report with a chosen verdict for exercising the CLI's exit codes)."""
+    return AuditReport(
+        inputs=inputs,
+        settings=settings,
         sample=sample,
-        attack="none",
-        k=0,
+        attack=attack,
+        k=k,
         target=None,
         original=None,
         references=(),
@@ -548,5 +571,5 @@ def _early(
         diagnostics=(),
         verdict=verdict,
         timing=timing,
-        notes=tuple(notes),
+        notes=notes,
     )

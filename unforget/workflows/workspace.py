@@ -24,7 +24,7 @@ from unforget.config.spec import (
     spec_layer_from_json,
     spec_layer_from_toml,
 )
-from unforget.data.loaders import EVAL_BATCH, Batch, Encoder, rows_loader
+from unforget.data.loaders import Batch, Encoder, rows_loader
 from unforget.data.splits import (
     InputInfo,
     Split,
@@ -134,18 +134,10 @@ class Workspace:
         )
 
     def loader(
-        self,
-        split: Split,
-        rows: np.ndarray,
-        *,
-        device: torch.device,
-        batch_size: int = EVAL_BATCH,
-        shuffle: bool = False,
-        seed: int = 0,
-        num_workers: int = 0,
+        self, split: Split, rows: np.ndarray, *, device: torch.device, **options: Any
     ) -> torch.utils.data.DataLoader[Batch]:
-        """A loader over ``rows`` of ``split`` with this workspace's columns and encoder
-        (a reading loader by default: fixed order, :data:`EVAL_BATCH` rows)."""
+        """:func:`~unforget.data.loaders.rows_loader` with this workspace's columns and encoder
+        (``options``: its batch size, shuffle, seed, workers; a reading loader by default)."""
         return rows_loader(
             split,
             rows,
@@ -153,10 +145,7 @@ class Workspace:
             info=self.info,
             encoder=self.encoder,
             device=device,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            num_workers=num_workers,
+            **options,
         )
 
     def load_model(self, path: Path | None, precision: Precision) -> nn.Module:
