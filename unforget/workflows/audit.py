@@ -94,7 +94,8 @@ class ModelResult:
     metrics: AttackMetrics | None
     utility: Utility
     loss_attack_auc: float  # legacy population attack: score = −loss
-    lr_attack_accuracy: float  # legacy: logistic regression on loss, balanced (papers' number)
+    # legacy: logistic regression on loss, balanced (papers' number); None below 5 rows a side
+    lr_attack_accuracy: float | None
 
 
 @dataclass(frozen=True)
@@ -423,9 +424,7 @@ def _score(
                 heldout=float(sig.correct[~is_forget].mean()),
             ),
             loss_attack_auc=metrics.auc(-sig.loss[is_forget], -sig.loss[~is_forget]),
-            lr_attack_accuracy=attacks.logistic_regression_mia_accuracy(
-                sig.loss[is_forget], sig.loss[~is_forget], rng=rng
-            ),
+            lr_attack_accuracy=_lr_attack_accuracy(sig, is_forget, rng),
         )
 
     original_result = None
@@ -457,6 +456,21 @@ def _score(
         verdict=scored.verdict,
         per_sample=_per_sample(ws, forget, heldout, scored.target_scores, scored.target),
         roc=roc,
+    )
+
+
+LR_FOLDS = 5  # cross-validation folds of the legacy loss attack (one row per fold at least)
+
+
+def _lr_attack_accuracy(
+    sig: Signals, is_forget: np.ndarray, rng: np.random.Generator
+) -> float | None:
+    """The papers' balanced logistic-regression attack accuracy, or None when either side has
+    fewer rows than folds (a tiny request: the RMIA verdict does not depend on this number)."""
+    if min(int(is_forget.sum()), int((~is_forget).sum())) < LR_FOLDS:
+        return None
+    return attacks.logistic_regression_mia_accuracy(
+        sig.loss[is_forget], sig.loss[~is_forget], rng=rng, folds=LR_FOLDS
     )
 
 
