@@ -84,8 +84,18 @@ def test_a_tiny_request_without_references_gets_a_verdict_not_a_crash(
     manifest = tmp_path / "three.txt"
     manifest.write_text("\n".join(ids) + "\n")
     code = run(
-        ["audit", "--ckpt", str(sample_ckpt), "--forget", str(manifest), "--refs", "0"]
-        + ["--device", "cpu", "--json"]
+        [
+            "audit",
+            "--ckpt",
+            str(sample_ckpt),
+            "--forget",
+            str(manifest),
+            "--refs",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+        ]
     )
     out, err = capsys.readouterr()
     assert out, err
