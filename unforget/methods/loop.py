@@ -22,7 +22,7 @@ from unforget.runtime.device import Precision
 from unforget.runtime.distributed import any_rank
 from unforget.runtime.progress import Tick
 from unforget.training.loop import augment, lr_factor, make_optimizer
-from unforget.training.step import TrainStep
+from unforget.training.step import TrainStep, optimizer_for
 
 DEFAULT_SHARE = 0.1  # default length: this share of the recipe's epochs, in passes over R
 
@@ -329,3 +329,16 @@ def finish(task: UnlearnTask, trace: Trace, details: dict[str, Any]) -> Outcome:
         stop_reason=trace.stop_reason,
         details={**details, **trace.details()},
     )
+
+
+def adamw_step(task: UnlearnTask, model: nn.Module, *, lr: float, weight_decay: float) -> TrainStep:
+    """AdamW over all of ``model``'s parameters in a :class:`TrainStep` (∇τ's and
+    proxy-distill's update; ``.optimizer`` gives the optimiser for lr schedules)."""
+    optimizer = optimizer_for(
+        "adamw",
+        list(model.parameters()),
+        lr=lr,
+        weight_decay=weight_decay,
+        eager=not task.precision.compile,
+    )
+    return TrainStep(model, optimizer, precision=task.precision)

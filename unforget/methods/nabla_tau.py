@@ -74,6 +74,7 @@ from unforget.methods.common import quantiles_at
 from unforget.methods.loop import (
     EvalSets,
     Guard,
+    adamw_step,
     checked_loss,
     device_batch,
     freeze_batchnorm,
@@ -83,7 +84,7 @@ from unforget.methods.nabla_tau_paper import PAPER
 from unforget.runtime import distributed
 from unforget.runtime.progress import Tick
 from unforget.training.evaluate import predict
-from unforget.training.step import TrainStep, optimizer_for
+from unforget.training.step import TrainStep
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -283,14 +284,8 @@ class NablaTau:
         guard = Guard(model, evals.retain, task.precision, task.guard)
         state = self._start(task, evals, config, cap)
         guard.baseline = state.start_retain_acc
-        optimizer = optimizer_for(
-            "adamw",
-            list(model.parameters()),
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            eager=not task.precision.compile,
-        )
-        train_step = TrainStep(model, optimizer, precision=task.precision)
+        train_step = adamw_step(task, model, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = train_step.optimizer
         # (forget term, retain loss) of the last step and the count of steps whose forget term
         # was active, kept on the device: read only at checks (no host sync per step)
         parts: dict[str, torch.Tensor] = {}

@@ -39,6 +39,7 @@ from unforget.errors import InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import (
     Guard,
+    adamw_step,
     checked_loss,
     device_batch,
     freeze_batchnorm,
@@ -49,7 +50,6 @@ from unforget.methods.loop import (
 )
 from unforget.runtime import distributed
 from unforget.runtime.progress import Tick
-from unforget.training.step import TrainStep, optimizer_for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,14 +118,8 @@ class NablaTauPaper:
         plan = epochs * f_batches
         alpha0 = config.alpha0 if config.alpha0 is not None else 5 / 3 * task.forget_fraction
         alpha0 = min(alpha0, 0.999)
-        optimizer = optimizer_for(
-            "adamw",
-            list(model.parameters()),
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            eager=not task.precision.compile,
-        )
-        train_step = TrainStep(model, optimizer, precision=task.precision)
+        train_step = adamw_step(task, model, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = train_step.optimizer
         reference = resident(task.reference)  # read at every τ measurement
         guard = Guard(model, resident(task.retain_eval), task.precision, task.guard)
         guard.start()

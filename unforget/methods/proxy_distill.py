@@ -77,6 +77,7 @@ from unforget.methods.common import quantiles_at
 from unforget.methods.loop import (
     EvalSets,
     Guard,
+    adamw_step,
     checked_loss,
     cycle,
     device_batch,
@@ -88,7 +89,7 @@ from unforget.runtime import distributed
 from unforget.runtime.progress import Tick
 from unforget.training.evaluate import predict
 from unforget.training.loop import make_optimizer
-from unforget.training.step import TrainStep, optimizer_for
+from unforget.training.step import TrainStep
 
 F = nn.functional
 
@@ -415,14 +416,8 @@ class ProxyDistill:
         plan = max(1, min(config.max_forget_epochs * f_batches, cap))
         plan = max(plan, min(config.min_forget_epochs, config.max_forget_epochs) * f_batches)
         check_every = max(1, min(plan // 4, max(f_batches, plan // 20)))
-        optimizer = optimizer_for(
-            "adamw",
-            list(model.parameters()),
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            eager=not task.precision.compile,
-        )
-        train_step = TrainStep(model, optimizer, precision=task.precision)
+        train_step = adamw_step(task, model, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = train_step.optimizer
         evals = EvalSets.of(task, forget=targets.check_loader)
         guard = Guard(model, evals.retain, task.precision, task.guard)
         start = self._check(task, evals, targets, 0, norm=1.0)
