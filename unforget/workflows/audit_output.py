@@ -254,6 +254,10 @@ def conclusion(status: str, reasons: tuple[str, ...], evidence: str) -> tuple[st
         "forget_set_too_small": "audit a larger batch of deletions together (a bigger forget "
         "set), or accept a wider margin deliberately (--delta-auc).",
         "heldout_too_small": "add held-out rows the model never trained on to the data.",
+        "leak_below_margin": "a few forget samples still look like members (the memorised "
+        "tail): re-run apply on the original checkpoint with --set focus=1 (proxy-distill "
+        "spends its forget steps on the samples furthest from their targets, at some cost in "
+        "accuracy) or --method retrain, then audit again.",
     }
     step = next((steps[r] for r in reasons if r in steps), None)
     return (
