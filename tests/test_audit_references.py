@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from unforget import cli
+from unforget.cli.app import FLAGS
 from unforget.errors import EXIT_BAD_INPUT, InputError
 from unforget.io.fileio import sha256_file
 from unforget.runtime.device import precision_for, resolve_device
@@ -338,8 +339,9 @@ def test_bad_reference_options_are_input_errors(
 
 
 def test_request_validates_reference_options(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="--jobs"):
+    with pytest.raises(InputError, match=r"^jobs must be at least 1") as info:
         AuditRequest(ckpt=tmp_path, manifest=tmp_path, jobs=0)
+    assert info.value.message_for(FLAGS).startswith("--jobs must be at least 1")
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from unforget.cli.app import FLAGS
 from unforget.errors import EXIT_BAD_INPUT, CheckpointError, OutputExistsError
 from unforget.io import checkpoint as ckpt_io
 from unforget.io import fileio
@@ -109,9 +110,10 @@ def test_refuses_existing_output_unless_force(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, {"a": torch.zeros(2)}, metadata={})
     before = path.read_bytes()
-    with pytest.raises(OutputExistsError, match="--force") as info:
+    with pytest.raises(OutputExistsError, match="pass force=True to replace") as info:
         save_checkpoint(path, {"a": torch.ones(2)}, metadata={})
     assert info.value.exit_code == EXIT_BAD_INPUT
+    assert "pass --force to replace" in info.value.message_for(FLAGS)  # what the CLI prints
     assert path.read_bytes() == before
     save_checkpoint(path, {"a": torch.ones(2)}, metadata={}, force=True)
     assert torch.equal(load_checkpoint(path).tensors["a"], torch.ones(2))

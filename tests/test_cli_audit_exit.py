@@ -17,7 +17,7 @@ from unforget.cli import run
 from unforget.mia.power import sample_size_check
 from unforget.mia.results import EXIT_CODES, Verdict, VerdictRule
 from unforget.workflows import audit as audit_workflow
-from unforget.workflows.audit import AuditReport
+from unforget.workflows.audit import AuditReport, report_without_models
 
 
 def _report(status: str) -> AuditReport:
@@ -30,22 +30,14 @@ def _report(status: str) -> AuditReport:
         min_detectable_auc=sample.min_detectable_auc_delta,
         explanation=f"chosen by the test: {status}",
     )
-    return AuditReport(
+    return report_without_models(
+        verdict,
+        sample=sample,
         inputs={},
         settings={},
-        sample=sample,
+        timing={"total_seconds": 0.0},
         attack="rmia",
         k=4,
-        target=None,
-        original=None,
-        references=(),
-        comparison=None,
-        positive_comparison=None,
-        signal_remaining=None,
-        diagnostics=(),
-        verdict=verdict,
-        timing={"total_seconds": 0.0},
-        notes=(),
     )
 
 
@@ -80,3 +72,33 @@ def test_bad_input_is_exit_2_with_one_line(
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "nope.txt" in err
+
+
+def test_a_tiny_request_without_references_gets_a_verdict_not_a_crash(
+    sample_ckpt: Path, sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """3 IDs and ``--refs 0`` once ended in exit 1 (the legacy loss attack's 5 folds): the
+    audit still attacks and answers with a verdict; the legacy number is null."""
+    lines = (sample_dir / "forget_random10.txt").read_text().splitlines()
+    ids = [line for line in lines if line and not line.startswith("#")][:3]
+    manifest = tmp_path / "three.txt"
+    manifest.write_text("\n".join(ids) + "\n")
+    code = run(
+        [
+            "audit",
+            "--ckpt",
+            str(sample_ckpt),
+            "--forget",
+            str(manifest),
+            "--refs",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert out, err
+    payload = json.loads(out)
+    assert code == payload["exit_code"] and code in (3, 5)
+    assert payload["target"]["legacy"]["lr_attack_accuracy"] is None

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from unforget.cli.app import FLAGS
 from unforget.config.spec import DataSpec
 from unforget.data.loaders import make_loader, source, to_device
 from unforget.data.splits import (
@@ -314,8 +315,9 @@ def test_changed_training_data_stops_open_workspace_unless_accepted(
         change={"label": labels.tolist()},
     )
     flags = {"data.path": str(data)}
-    with pytest.raises(DataError, match=r"not the data this model was trained on.*--accept-data"):
+    with pytest.raises(DataError, match=r"not the data this model.*accept_data_change=True") as e:
         open_workspace(tiny_ckpt, flags=flags)
+    assert "pass --accept-data-change if" in e.value.message_for(FLAGS)
     ws = open_workspace(tiny_ckpt, flags=flags, accept_data_change=True)
     assert ws.data_changed
     assert not open_workspace(tiny_ckpt).data_changed

@@ -32,7 +32,7 @@ from torch import nn
 
 from unforget.config.options import as_plain, describe
 from unforget.config.spec import RunSpec
-from unforget.data.loaders import Batch, make_loader, source
+from unforget.data.loaders import EVAL_BATCH, Batch, make_loader, source
 from unforget.errors import InputError
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.manifest import read_manifest
@@ -49,7 +49,7 @@ from unforget.methods.ssd import (
 )
 from unforget.models import build_model
 from unforget.runtime.device import precision_for, resolve_device
-from unforget.workflows.unlearn import EVAL_BATCH, ApplyRequest, ApplyResult, apply
+from unforget.workflows.unlearn import ApplyRequest, ApplyResult, apply
 from unforget.workflows.workspace import open_workspace
 
 # Methods whose contract tests live in a file of their own; every other registered method (a new

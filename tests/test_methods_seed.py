@@ -158,7 +158,7 @@ def _task(ckpt: Path) -> UnlearnTask:
         seed=0,
         n_forget=len(forget),
         n_retain=len(retain),
-        statistics=statistics if statistics.is_file() else None,
+        saved_state=statistics if statistics.is_file() else None,
     )
 
 
@@ -288,6 +288,15 @@ def test_pgu_uses_the_sidecar_without_reading_the_retain_set(
     # retain rows.
     assert seen and all(n == 600 for n in seen)
     assert receipt.after.forget.accuracy < receipt.before.forget.accuracy
+    # The method's saved state follows its checkpoint: C^R for the output, tied to its bytes.
+    carried = stats_io.sidecar_path(request.out)
+    assert stats_io.sample_count(stats_io.load_statistics(carried)) == 5400
+    meta = ckpt_io.load_checkpoint(carried).metadata
+    assert meta["unforget.checkpoint_sha256"] == receipt.output_sha256
+    # Another method writing the same output never leaves that state beside other weights.
+    other = dataclasses.replace(request, method="finetune", options={"epochs": "0.2"}, force=True)
+    assert apply(other, precision=PRECISION).receipt is not None
+    assert not carried.exists() and stats_io.sidecar_path(ckpt_with_sidecar).is_file()
 
 
 def test_sidecar_update_describes_the_retain_set(ckpt_with_sidecar: Path) -> None:

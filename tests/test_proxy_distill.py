@@ -229,3 +229,27 @@ def test_default_forgets_the_sample_to_heldout_level(
     details = receipt.method_details
     assert details["proxy"]["steps"] > 0 and receipt.stop_reason
     assert 0 < receipt.steps <= details["planned_steps"]
+
+
+def test_focus_keeps_the_forget_term_size_and_moves_weight_to_the_tail() -> None:
+    """focus=0 is the plain batch mean; γ > 0 leaves a batch of equal KLs unchanged (weights of
+    mean 1) and gives the row furthest from its target the larger share of the gradient."""
+    from unforget.methods.proxy_distill import distill_term
+
+    torch.manual_seed(0)
+    q = torch.softmax(torch.randn(6, 4), 1)
+    logits = torch.randn(6, 4)
+    plain = torch.nn.functional.kl_div(torch.log_softmax(logits, 1), q, reduction="batchmean")
+    assert torch.allclose(distill_term(logits, q), plain)
+    alike_q, alike_z = q[:1].repeat(6, 1), logits[:1].repeat(6, 1)  # six equal KLs
+    equal = distill_term(alike_z, alike_q)
+    assert torch.allclose(distill_term(alike_z, alike_q, focus=2.0), equal, rtol=1e-5)
+    grads = []
+    for focus in (0.0, 1.0):
+        z = logits.clone().requires_grad_(True)
+        distill_term(z, q, focus=focus).backward()
+        assert z.grad is not None
+        grads.append(z.grad.norm(dim=1))
+    per_row = torch.nn.functional.kl_div(torch.log_softmax(logits, 1), q, reduction="none").sum(1)
+    far, near = int(per_row.argmax()), int(per_row.argmin())
+    assert grads[1][far] / grads[1][near] > grads[0][far] / grads[0][near]

@@ -275,7 +275,7 @@ def test_plugin_named_only_in_metadata_is_refused(plugin_ckpt: tuple[Path, str, 
     ckpt, name, trace = plugin_ckpt
     ws = open_workspace(ckpt)
     assert ws.spec.model.name == name and not ws.allow_plugin
-    with pytest.raises(SpecError, match=f"only runs when you name it.*--model {name}"):
+    with pytest.raises(SpecError, match=f"only runs when you name it.*model={name}"):
         build_model(
             ws.spec.model,
             input_shape=ws.info.shape,

@@ -145,3 +145,33 @@ def test_the_eager_optimizer_never_imports_dynamo() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _row_loader(n: int, batch: int) -> torch.utils.data.DataLoader:
+    x = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
+    data = torch.utils.data.TensorDataset(x, torch.arange(n) % 2, torch.arange(n))
+    return torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False)
+
+
+def test_resident_keeps_small_sets_and_streams_large_ones() -> None:
+    """A check sample that fits is read once into memory, batch for batch the loader's; one
+    over the byte limit stays a loader (10 rows here: 10·(3·4 + 8 + 8) = 280 bytes)."""
+    from unforget.methods.loop import resident
+
+    loader = _row_loader(10, 4)
+    kept = resident(loader)
+    assert isinstance(kept, list) and len(kept) == 3
+    for mine, theirs in zip(kept, loader, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))
+    assert resident(loader, limit=279) is loader
+
+
+def test_first_rows_are_the_loaders_first_rows_in_the_same_batches() -> None:
+    from unforget.methods.proxy_distill import first_rows
+
+    loader = _row_loader(10, 4)
+    part = list(first_rows(loader, 6))
+    assert [len(b[2]) for b in part] == [4, 2]
+    assert torch.equal(torch.cat([b[2] for b in part]), torch.arange(6))
+    assert torch.equal(part[0][0], next(iter(loader))[0])
+    assert first_rows(loader, 10) is loader

@@ -108,3 +108,36 @@ def test_the_root_holds_only_the_entry_points() -> None:
     root = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert root == ["__init__.py", "__main__.py", "errors.py"]
     assert not list(PACKAGE.rglob("*.orig"))
+
+
+def test_command_code_names_no_method() -> None:
+    """A method's own state and quirks live behind its interface (``SavedState``, ``info``):
+    the use-case layer imports only the registry and the interface, never a method's module,
+    and no string in it names a method (``bench`` excepted: choosing methods is its job)."""
+    ast_names = ast.parse((PACKAGE / "methods" / "__init__.py").read_text())
+    registry = next(
+        node.value
+        for node in ast.walk(ast_names)
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "METHODS"
+    )
+    assert isinstance(registry, ast.Dict)
+    names = {k.value for k in registry.keys if isinstance(k, ast.Constant)}
+    assert "pgu" in names and "proxy-distill" in names
+    method_modules = {
+        f"unforget.methods.{p.stem}"
+        for p in (PACKAGE / "methods").glob("*.py")
+        if p.stem not in {"__init__", "base"}
+    }
+    for path in sorted((PACKAGE / "workflows").glob("*.py")):
+        if path.name == "bench.py":
+            continue
+        reached = _imports(path) & method_modules
+        assert not reached, f"{path.name} imports a method's module: {sorted(reached)}"
+        literals = {
+            node.value
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
+        # ``train --exclude`` records its exact retraining in the ledger as "retrain"
+        named = literals & names - {"retrain"}
+        assert not named, f"{path.name} names a method: {sorted(named)}"

@@ -262,7 +262,7 @@ def train(
             force=force,
             allow_plugin=allow_plugin,
             exclude=manifest,
-            pgu_stats=pgu_stats,
+            states=("pgu",) if pgu_stats else (),
             on_progress=tick,
         )
     if as_json:
@@ -282,7 +282,7 @@ def report_json(report: Any) -> dict[str, Any]:
         "train": report.train.as_dict(),
         "heldout": report.heldout.as_dict(),
         "seconds": round(report.result.seconds, 3),
-        "pgu_statistics": str(report.statistics) if report.statistics else None,
+        "pgu_statistics": str(report.states["pgu"]) if "pgu" in report.states else None,
         "spec": as_plain(report.spec),
     }
 
@@ -874,8 +874,38 @@ def _fail(exc: BaseException, *, debug: bool, unexpected: bool = False) -> None:
         traceback.print_exception(exc, file=sys.stderr)
     kind = f"{type(exc).__name__}: " if unexpected else ""
     hint = "" if debug else " (run with --debug for details)" if unexpected else ""
-    message = " ".join(str(exc).split())
+    text = exc.message_for(FLAGS) if isinstance(exc, UnforgetError) else str(exc)
+    message = " ".join(text.split())
     sys.stderr.write(f"unforget: error: {kind}{message}{hint}\n")
+
+
+# The library's messages name parameters (unforget.errors.param); these are their flags here.
+FLAGS = {
+    "accept_data_change": "--accept-data-change",
+    "base": "--base",
+    "budget_minutes": "--budget",
+    "ckpt": "--ckpt",
+    "config": "--config",
+    "data": "--data",
+    "delta_auc": "--delta-auc",
+    "device": "--device",
+    "exclude": "--exclude",
+    "force": "--force",
+    "jobs": "--jobs",
+    "ledger_key": "--ledger-key",
+    "like": "--like",
+    "manifest": "--forget",
+    "method": "--method",
+    "methods": "--methods",
+    "model": "--model",
+    "options": "--set",
+    "original": "--original",
+    "out": "--out",
+    "plot": "--plot",
+    "ref_source": "--ref-source",
+    "refs": "--refs",
+    "retrained": "--retrained",
+}
 
 
 def main() -> None:

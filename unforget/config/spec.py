@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unforget.config.options import as_plain, build
-from unforget.errors import SpecError, collect
+from unforget.errors import SpecError, collect, param
 
 SPEC_VERSION = 1
 DATA_FORMATS = ("auto", "parquet", "arrow", "csv", "jsonl", "imagefolder")
@@ -200,9 +200,13 @@ def merge_spec(*layers: Mapping[str, Any] | None) -> RunSpec:
         else:
             problems.append(f"unknown section {key!r} (valid: {', '.join(_SECTIONS)})")
     if "data" in parts and not parts["data"].path:
-        problems.append("data.path is not set (give --data or a [data] path in --config)")
+        problems.append(
+            f"data.path is not set (give {param('data')} or a [data] path in {param('config')})"
+        )
     if "data" not in parts and not problems:
-        problems.append("data.path is not set (give --data or a [data] path in --config)")
+        problems.append(
+            f"data.path is not set (give {param('data')} or a [data] path in {param('config')})"
+        )
     collect(problems, error=SpecError, what="run spec")
     return RunSpec(**parts)
 

@@ -89,6 +89,34 @@ def source(
     )
 
 
+EVAL_BATCH = 512  # rows per batch of the loaders that only read (evaluation, audit signals)
+
+
+def rows_loader(
+    split: Split,
+    rows: np.ndarray,
+    *,
+    spec: DataSpec,
+    info: InputInfo,
+    encoder: Encoder | None,
+    device: torch.device,
+    batch_size: int = EVAL_BATCH,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> torch.utils.data.DataLoader[Batch]:
+    """``make_loader(source(split, rows, ...))`` in one call: by default a reading loader
+    (fixed order, :data:`EVAL_BATCH` rows), the kind evaluation and the audit use."""
+    return make_loader(
+        source(split, rows, spec=spec, info=info, encoder=encoder),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        device=device,
+        num_workers=num_workers,
+    )
+
+
 def make_loader(
     src: RowSource,
     *,

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from unforget.errors import OutputBusyError, OutputExistsError
+from unforget.errors import OutputBusyError, OutputExistsError, param
 
 _CHUNK = 1 << 20
 _HELD = threading.local()  # per thread: resolved target -> [fd, depth]
@@ -49,7 +49,7 @@ def sha256_bytes(data: bytes) -> str:
 def refuse_existing(path: Path, *, force: bool) -> None:
     """Raise :class:`OutputExistsError` when ``path`` exists and ``force`` is off."""
     if path.exists() and not force:
-        raise OutputExistsError(f"{path} already exists; pass --force to replace it")
+        raise OutputExistsError(f"{path} already exists; pass {param('force', True)} to replace it")
 
 
 def lock_path(path: Path) -> Path:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unforget.errors import CheckpointError, InputError
+from unforget.errors import CheckpointError, InputError, param
 
 _DIGEST_CHARS = 24  # 96 bits: no accidental collisions at any realistic data-set size
 SCHEME_HMAC = "hmac-sha256"
@@ -82,7 +82,7 @@ def using_key_file(path: Path | None) -> Iterator[None]:
 def key_location() -> tuple[Path, str | None]:
     """The key file to use and who named it (``--ledger-key``, the variable, or None)."""
     if (named := _KEY_FILE.get()) is not None:
-        return named, "--ledger-key"
+        return named, param("ledger_key")
     if env := os.environ.get(ENV_KEY_FILE):
         return Path(env), ENV_KEY_FILE
     return config_root() / "ledger.key", None
@@ -99,7 +99,8 @@ def load_key() -> LedgerKey:
         where = f"named by {named_by} " if named_by else ""
         raise LedgerKeyError(
             f"ledger key file {path} {where}does not exist; it is needed to read this model's "
-            f"deletion ledger (set {ENV_KEY_FILE} or --ledger-key to the data owner's key file)"
+            f"deletion ledger (set {ENV_KEY_FILE} or {param('ledger_key')} to the data owner's key "
+            "file)"
         )
     try:
         text = path.read_text(encoding="ascii").strip()

@@ -19,15 +19,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unforget.errors import InputError
+from unforget.errors import InputError, param
 
 
 @dataclass(frozen=True)
 class IOPlan:
     """What one command reads and writes.
 
-    ``inputs`` and ``outputs`` map a human name (``"--ckpt"``, ``"the receipt of --out"``) to a
-    path; ``folders`` are input folders (data) under which nothing may be written.
+    ``inputs`` and ``outputs`` map a human name to a path: a caller's parameter
+    (``param("ckpt")``, which the CLI spells ``--ckpt``) or a phrase such as ``"the receipt of
+    " + param("out")``; ``folders`` are input folders (data) under which nothing may be written.
     """
 
     inputs: Mapping[str, Path] = field(default_factory=dict)
@@ -163,7 +164,9 @@ def check_plan(
     for name, no_force in (refuse or {}).items():
         out = plan.outputs[name]
         if no_force and name not in bad and out.exists():
-            problems.append(f"{name} {out} already exists; pass --force to replace it")
+            problems.append(
+                f"{name} {out} already exists; pass {param('force', True)} to replace it"
+            )
     if problems:
         raise InputError("; ".join(problems))
 
@@ -175,7 +178,7 @@ def receipt_inputs(ckpt: Path) -> dict[str, Path]:
     receipt = ckpt.with_name(ckpt.name + ".receipt.json")
     if not receipt.is_file():
         return {}
-    found = {"the receipt of --ckpt": receipt}
+    found = {f"the receipt of {param('ckpt')}": receipt}
     try:
         given = Path(json.loads(receipt.read_text(encoding="utf-8")).get("input_path", ""))
     except (OSError, ValueError, AttributeError):
@@ -199,20 +202,20 @@ def check_audit_paths(
 ) -> None:
     """``audit``'s paths, before any model is loaded: inputs exist, ``--csv``/``--plot`` are
     writable files that name no input (the audited model, manifests, references, data)."""
-    inputs: dict[str, Path] = {"--ckpt": ckpt, "--forget": manifest}
+    inputs: dict[str, Path] = {param("ckpt"): ckpt, param("manifest"): manifest}
     if original is not None:
-        inputs["--original"] = original
-    inputs.update({f"--retrained {p}": p for p in retrained})
+        inputs[param("original")] = original
+    inputs.update({f"{param('retrained', p)}": p for p in retrained})
     if config is not None:
-        inputs["--config"] = config
+        inputs[param("config")] = config
     inputs.update(receipt_inputs(ckpt))
     plan = IOPlan(
         inputs=inputs,
         outputs={name: path for name, path in outputs.items() if path is not None},
         folders={"the data folder": data} if data else {},
     )
-    must = ["--ckpt", "--forget", *(["--original"] if original else [])]
-    check_plan(plan, must_exist=[*must, *(f"--retrained {p}" for p in retrained)])
+    must = [param("ckpt"), param("manifest"), *([param("original")] if original else [])]
+    check_plan(plan, must_exist=[*must, *(param("retrained", p) for p in retrained)])
 
 
 def check_train_paths(
@@ -227,13 +230,17 @@ def check_train_paths(
     """``train``'s paths before any training: ``--out`` is a writable file that names no input."""
     inputs = {
         name: path
-        for name, path in (("--like", like), ("--exclude", exclude), ("--config", config))
+        for name, path in (
+            (param("like"), like),
+            (param("exclude"), exclude),
+            (param("config"), config),
+        )
         if path is not None
     }
     data = getattr(getattr(spec, "data", None), "path", "")
     plan = IOPlan(
         inputs=inputs,
-        outputs={"--out": out},
+        outputs={param("out"): out},
         folders={"the data folder": Path(data)} if data else {},
     )
-    check_plan(plan, must_exist=list(inputs), refuse={"--out": not force})
+    check_plan(plan, must_exist=list(inputs), refuse={param("out"): not force})

@@ -4,6 +4,11 @@ A method is one file: a frozen, keyword-only ``Config`` dataclass (its options, 
 ``__post_init__``) and a class with ``info`` and ``run(task, config) -> Outcome``. Shared pieces
 (pairing forget with retain batches, guard rails, quick evaluation) are plain functions in
 :mod:`unforget.methods.loop`, not a base class (STYLE §1-2).
+
+A method that keeps state in a file beside the checkpoint (PGU's layer statistics) says so with
+a ``state`` attribute implementing :class:`SavedState`; the commands handle every such file
+through that hook (protect it as an input, write it at training time, carry it to the output of
+a deletion, never leave a stale one), so no command code names a method.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ class UnlearnTask:
     ``forget``/``retain`` shuffle with the run's seed; ``reference`` (held-out rows methods may
     read, recorded in the receipt) and ``retain_eval`` (a fixed retain sample) do not shuffle.
     ``retrain`` trains a fresh model from the checkpoint's recipe on the retain set (the exact
-    baseline). ``statistics`` is the PGU sidecar path, when the checkpoint has one.
+    baseline). ``saved_state`` is the method's state file beside the checkpoint
+    (:class:`SavedState`), when the method has one and the checkpoint carries it.
     ``removed_classes`` lists classes removed whole (a model retrained without them never
     predicts them), which methods may use as a stronger target than held-out behaviour.
     """
@@ -73,7 +79,7 @@ class UnlearnTask:
     guard: GuardConfig = field(default_factory=GuardConfig)
     removed_classes: tuple[int, ...] = ()  # classes whose every remaining train row is forgotten
     retrain: Callable[[], nn.Module] | None = None
-    statistics: Path | None = None
+    saved_state: Path | None = None
     on_progress: ProgressFn = silent
 
     @property
@@ -100,3 +106,33 @@ class Method(Protocol):
     Config: ClassVar[type]
 
     def run(self, task: UnlearnTask, config: Any) -> Outcome: ...
+
+
+class SavedState(Protocol):
+    """State a method keeps in a safetensors file beside a checkpoint, and how it lives on.
+
+    Why a hook: such state is measured once over the training data (cheap at training time,
+    expensive at deletion time) and must follow the checkpoint through consecutive deletions,
+    updated for what each one removed, or be dropped. ``label`` names the file in messages
+    ("the PGU statistics"). ``path`` is where it sits beside a checkpoint. ``measure`` computes
+    it for a freshly trained ``model`` over all its training rows (``unforget train``).
+    ``carry`` is called by ``apply`` BEFORE the method runs (with the weights as they were) and
+    returns the state for the checkpoint the deletion will produce, or None when there is none
+    to carry (no usable file: the output then has no state file). ``to_bytes`` serialises a
+    state, tied to the checkpoint it describes by that checkpoint's SHA-256.
+    """
+
+    label: str
+
+    def path(self, checkpoint: Path) -> Path: ...
+
+    def measure(self, model: nn.Module, loader: Loader, precision: Precision) -> Any: ...
+
+    def carry(self, task: UnlearnTask) -> Any | None: ...
+
+    def to_bytes(self, state: Any, *, checkpoint_sha256: str) -> bytes: ...
+
+
+def saved_state(method: Method) -> SavedState | None:
+    """The method's :class:`SavedState` hook, or None for the methods that keep no file."""
+    return getattr(method, "state", None)

@@ -18,6 +18,7 @@ from unforget.data.loaders import RowSource
 from unforget.errors import InputError
 from unforget.methods.base import Loader, Outcome, UnlearnTask
 from unforget.methods.loop import weights_differ
+from unforget.runtime import distributed
 from unforget.runtime.device import Precision
 from unforget.runtime.distributed import any_rank
 from unforget.training.evaluate import predict
@@ -68,6 +69,8 @@ class ReferenceStop:
         target, kept = reference_target(
             forget.labels, reference.logits, reference.labels, removed=self.removed
         )
+        # the same rows on every rank; agreed numbers give every rank the same stop and restore
+        forget_acc, target, kept = distributed.agreed(forget_acc, target, kept)
         self.history.append(
             {
                 "epoch": epoch,
@@ -180,15 +183,43 @@ def autocast(precision: Precision) -> Any:
     return precision.autocast()
 
 
+def curvature(loss: torch.Tensor, params: list[nn.Parameter], *, iterations: int) -> float:
+    """λ_max of the Hessian of ``loss`` at the current weights (at least 1e-6): the step-size
+    scale of ``ltu`` and ``lur`` (their look-ahead η_in and the cap on their lr).
+
+    ``loss`` is built by the caller (under its autocast) on this rank's batches; the gradient
+    is taken with ``create_graph`` and :func:`top_eigenvalue` runs the power iteration. Under
+    torchrun each Hessian-vector product is averaged across ranks, so the estimate is that of
+    the global batch's mean loss (as in one process) and the same number on every rank.
+    """
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    return max(top_eigenvalue(grads, params, iterations=iterations), 1e-6)
+
+
+def global_gradient(grads: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
+    """``grads`` averaged across ranks, differentiably (identity in one process; every rank
+    has the same ``None`` pattern): the inner gradient of a look-ahead step (``lur``, ``ltu``)
+    is the global batch's. The all-reduce's backward sums the ranks' upstream gradients, so
+    after :class:`~unforget.training.step.TrainStep` averages the outer gradients every rank
+    holds the gradient of the global objective through the look-ahead."""
+    present = distributed.average_all([g for g in grads if g is not None])
+    averaged = iter(present)
+    return tuple(None if g is None else next(averaged) for g in grads)
+
+
 def top_eigenvalue(
     grads: tuple[torch.Tensor | None, ...], params: list[nn.Parameter], *, iterations: int
 ) -> float:
     """Largest |eigenvalue| of the Hessian behind ``grads`` (built with create_graph) by power
-    iteration on Hessian-vector products; 0 when the gradient does not depend on ``params``."""
+    iteration on Hessian-vector products; 0 when the gradient does not depend on ``params``.
+
+    The start vector and every product are averaged across ranks (identity in one process):
+    H = mean over ranks of the ranks' Hessians, the Hessian of the global batch's mean loss.
+    """
     pairs = [(g, p) for g, p in zip(grads, params, strict=True) if g is not None]
     if not pairs or not any(g.requires_grad for g, _ in pairs):
         return 0.0
-    vector = [torch.randn_like(p) for _, p in pairs]
+    vector = distributed.average_all([torch.randn_like(p) for _, p in pairs])
     value = 0.0
     for _ in range(iterations):
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in vector]))
@@ -200,11 +231,11 @@ def top_eigenvalue(
             retain_graph=True,
             allow_unused=True,
         )
-        hvp = tuple(
-            h if h is not None else torch.zeros_like(v) for h, v in zip(hvp, vector, strict=True)
+        products = distributed.average_all(
+            [h if h is not None else torch.zeros_like(v) for h, v in zip(hvp, vector, strict=True)]
         )
-        value = float(sum((h * v).sum() for h, v in zip(hvp, vector, strict=True)))
-        vector = [h.detach() for h in hvp]
+        value = float(sum((h * v).sum() for h, v in zip(products, vector, strict=True)))
+        vector = [h.detach() for h in products]
     return abs(value)
 
 

@@ -70,14 +70,15 @@ from unforget.methods.common import (
     ReferenceStop,
     autocast,
     capped_lr,
+    curvature,
     forget_epochs,
+    global_gradient,
     stop_problems,
     stopped_outcome,
-    top_eigenvalue,
 )
 from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, require
 from unforget.runtime.device import Precision
-from unforget.runtime.distributed import average, maximum, shard_sampler
+from unforget.runtime.distributed import average, shard_sampler
 from unforget.runtime.progress import Tick
 from unforget.training.step import TrainStep, optimizer_for
 
@@ -271,11 +272,9 @@ def _meta_loop(
         device_batch(next(query_it), precision),
         device_batch(next(reference_it), precision),
     )
-    # under torchrun each rank measured its own batches: all take the largest (the safe step)
-    curvature_f = maximum(meta.curvature(forget0, reference0))
-    curvature_t = maximum(
-        meta.curvature(forget0, reference0, device_batch(next(retain_it), precision))
-    )
+    # under torchrun: the curvature of the global first batches, the same on every rank
+    curvature_f = meta.curvature(forget0, reference0)
+    curvature_t = meta.curvature(forget0, reference0, device_batch(next(retain_it), precision))
     meta.inner_lr = config.inner_lr or config.inner_scale / curvature_f
     lr, stable_lr = config.lr, config.lr_scale / curvature_t
     details.update(
@@ -377,9 +376,7 @@ class MetaStep:
                 loss = loss + self.config.remember_weight * self.remembering(
                     self.model(retain[0]), retain[0], retain[1]
                 )
-        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        top = top_eigenvalue(grads, self.params, iterations=self.config.power_iterations)
-        return max(top, 1e-6)
+        return curvature(loss, self.params, iterations=self.config.power_iterations)
 
     @torch.no_grad()
     def reference(self, batch: Pair) -> torch.Tensor:
@@ -394,8 +391,10 @@ class MetaStep:
         with autocast(self.precision):
             target = self.reference(reference)
             tune = self.forgetting(self.model(support[0]), support[1], target)
-            inner = torch.autograd.grad(
-                tune, self.params, allow_unused=True, retain_graph=True, create_graph=order2
+            inner = global_gradient(  # θ' of the global support batch under torchrun
+                torch.autograd.grad(
+                    tune, self.params, allow_unused=True, retain_graph=True, create_graph=order2
+                )
             )
             fast = {
                 n: p if g is None else p - alpha * g

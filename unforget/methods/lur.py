@@ -57,15 +57,15 @@ from unforget.methods.common import (
     ReferenceStop,
     autocast,
     capped_lr,
+    curvature,
     forget_epochs,
+    global_gradient,
     stop_problems,
     stopped_outcome,
-    top_eigenvalue,
 )
 from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, require
 from unforget.methods.random_label import random_wrong_labels
 from unforget.runtime.device import Precision
-from unforget.runtime.distributed import maximum
 from unforget.runtime.progress import Tick
 from unforget.training.step import TrainStep, optimizer_for
 
@@ -151,14 +151,19 @@ def look_ahead(
     """``θ' = θ − step · ∇_θ L_F`` as a name -> tensor dict for ``functional_call``.
 
     With ``create_graph`` the gradient keeps its graph, so ``θ'`` is differentiable in ``θ``
-    to second order; otherwise it is detached (``∂θ'/∂θ = I``).
+    to second order; otherwise it is detached (``∂θ'/∂θ = I``). Under torchrun the gradient is
+    averaged across ranks, differentiably (:func:`~unforget.methods.common.global_gradient`):
+    ``θ'`` is the look-ahead of the global forget batch, the same on every rank, as in one
+    process (a per-rank look-ahead on half the batch is another, non-linear, objective).
     """
-    grads = torch.autograd.grad(
-        forget_loss,
-        list(params.values()),
-        allow_unused=True,
-        retain_graph=True,
-        create_graph=create_graph,
+    grads = global_gradient(
+        torch.autograd.grad(
+            forget_loss,
+            list(params.values()),
+            allow_unused=True,
+            retain_graph=True,
+            create_graph=create_graph,
+        )
     )
     return {
         name: p if g is None else p - step * g
@@ -233,9 +238,9 @@ def _loop(
         return x, random_wrong_labels(y, classes, generator)
 
     forget0, retain0 = forget_batch(), device_batch(next(retain_it), precision)
-    # under torchrun each rank measured its own batches: all take the largest (the safe step)
-    curvature_f = maximum(_curvature(model, params, (forget0,), config, precision))
-    curvature_t = maximum(_curvature(model, params, (forget0, retain0), config, precision))
+    # under torchrun: the curvature of the global first batches, the same on every rank
+    curvature_f = _curvature(model, params, (forget0,), config, precision)
+    curvature_t = _curvature(model, params, (forget0, retain0), config, precision)
     inner_lr = config.inner_lr or config.inner_scale / curvature_f
     lr, stable_lr = config.lr, config.lr_scale / curvature_t
     details.update(curvature_forget=curvature_f, curvature_total=curvature_t, inner_lr=inner_lr)
@@ -300,13 +305,11 @@ def _curvature(
     precision: Precision,
 ) -> float:
     """λ_max of the Hessian of ``L_F`` (one batch) or ``L_F + λ·L_R`` (a forget and a retain
-    batch) at θ, by power iteration on Hessian-vector products."""
+    batch) at θ (:func:`~unforget.methods.common.curvature`, the global batch's under torchrun)."""
     with autocast(precision):
         losses = [nn.functional.cross_entropy(model(x).float(), y) for x, y in batches]
         loss = losses[0] + config.retain_weight * sum(losses[1:])
-    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True, allow_unused=True)
-    top = top_eigenvalue(grads, list(params.values()), iterations=config.power_iterations)
-    return max(top, 1e-6)
+    return curvature(loss, list(params.values()), iterations=config.power_iterations)
 
 
 METHOD = Lur()

@@ -51,7 +51,10 @@ methods.md). The code does exactly this:
    (``max_steps_best_kept``): model selection reads the forget term against targets from the
    reference split, never forget-set accuracy.
 
-Every choice is recorded in the receipt (``method_details``).
+Every choice is recorded in the receipt (``method_details``). Each step goes through
+:class:`~unforget.training.step.TrainStep` (under ``torchrun``: sharded streams, gradients
+averaged across ranks); the losses are read on the host only at checks, and the numbers each
+check decides on are averaged across ranks so every rank brakes, rolls back and stops alike.
 """
 
 from __future__ import annotations
@@ -68,10 +71,20 @@ from torch import nn
 from unforget.errors import GuardRailError, InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import quantiles_at
-from unforget.methods.loop import Guard, device_batch, freeze_batchnorm, paired
+from unforget.methods.loop import (
+    EvalSets,
+    Guard,
+    adamw_step,
+    checked_loss,
+    device_batch,
+    freeze_batchnorm,
+    paired,
+)
 from unforget.methods.nabla_tau_paper import PAPER
+from unforget.runtime import distributed
 from unforget.runtime.progress import Tick
 from unforget.training.evaluate import predict
+from unforget.training.step import TrainStep
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,9 +230,11 @@ class _State:
     start_retain_acc: float
     start_reference_acc: float
     start_retain_loss: float
+    evals: EvalSets  # the fixed check samples, resident in memory where they fit
     lr_scale: float = 1.0
     rollbacks: int = 0
     step_seconds: float = 0.0
+    check_seconds: float = 0.0
     step_samples: int = 0
     brakes: int = 0
     forget_active_steps: int = 0
@@ -265,13 +280,17 @@ class NablaTau:
         )
         eval_every = config.eval_every or max(5, min(50, plan // 20))
         cap = config.max_target_loss or math.log(max(task.spec.num_classes or 2, 2)) + 2.0
-        guard = Guard(model, task.retain_eval, task.precision, task.guard)
-        state = self._start(task, config, cap)
+        evals = EvalSets.of(task)
+        guard = Guard(model, evals.retain, task.precision, task.guard)
+        state = self._start(task, evals, config, cap)
         guard.baseline = state.start_retain_acc
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
-        scaler = task.precision.scaler()
+        train_step = adamw_step(task, model, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = train_step.optimizer
+        # (forget term, retain loss) of the last step and the count of steps whose forget term
+        # was active, kept on the device: read only at checks (no host sync per step)
+        parts: dict[str, torch.Tensor] = {}
+        active = torch.zeros((), dtype=torch.int64, device=task.precision.device)
+        fields: dict[str, float] = {}
         reason, step = "max_steps", 0
         started = time.perf_counter()
         for step, (f_batch, r_batch) in enumerate(paired(task.forget, task.retain, steps=plan), 1):
@@ -281,17 +300,23 @@ class NablaTau:
             lr = config.lr * state.lr_scale * warm * (1 - (1 - config.lr_end) * progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            term, retain_loss = self._step(
-                model, optimizer, scaler, task, state, f_batch, r_batch, alpha
-            )
-            guard.check_loss(term + retain_loss, step=step, method=self.info.name)
-            if alpha > 0 and term > 0:
-                state.forget_active_steps += 1
-            fields = {"alpha": alpha, "forget": term, "retain": retain_loss}
-            task.on_progress(Tick(self.info.name, step, plan, fields))
+            self._step(train_step, task, state, f_batch, r_batch, alpha, parts)
+            if alpha > 0:
+                active += parts["term"] > 0
             if step % eval_every and step != plan:
+                task.on_progress(Tick(self.info.name, step, plan, fields))
                 continue
+            # the check: the only host syncs (the losses since the last check, evaluations)
+            tick = time.perf_counter()
+            checked_loss(train_step, guard, step=step, method=self.info.name)
+            fields = {
+                "alpha": alpha,
+                "forget": float(parts["term"]),
+                "retain": float(parts["retain"]),
+            }
+            task.on_progress(Tick(self.info.name, step, plan, fields))
             verdict = self._evaluate(task, config, state, step, optimizer)
+            state.check_seconds += time.perf_counter() - tick
             if verdict == "gave_up":
                 raise GuardRailError(
                     f"{self.info.name}: could not forget without losing more than "
@@ -301,6 +326,7 @@ class NablaTau:
             if verdict == "reached" and config.early_stop:
                 reason = "target_reached"
                 break
+        state.forget_active_steps = int(active)
         if reason == "max_steps" and state.best is not None:
             # Never reached every criterion at once: keep the checked state closest to them
             # (model selection on the reference split and the retain sample, never on evidence).
@@ -327,6 +353,7 @@ class NablaTau:
                 "steps_saved_by_early_stop": plan - step,
                 "loop_seconds": round(time.perf_counter() - started, 3),
                 "step_seconds": round(state.step_seconds, 3),
+                "check_seconds": round(state.check_seconds, 3),
                 "step_samples_per_second": round(state.step_samples / state.step_seconds, 1)
                 if state.step_seconds > 0
                 else None,
@@ -334,19 +361,23 @@ class NablaTau:
             },
         )
 
-    def _start(self, task: UnlearnTask, config: NablaTauConfig, cap: float) -> _State:
+    def _start(
+        self, task: UnlearnTask, evals: EvalSets, config: NablaTauConfig, cap: float
+    ) -> _State:
         device = task.precision.device
         removed = torch.zeros(task.spec.num_classes or 2, dtype=torch.bool, device=device)
         removed[list(task.removed_classes)] = True
-        reference, reference_acc = self._reference(task, removed, cap)
-        retain_acc, retain_loss = self._retain(task)
-        forget_out = predict(task.model, task.forget_eval, precision=task.precision)
+        reference, reference_acc = self._reference(task, evals, removed, cap)
+        retain_acc, retain_loss = self._retain(task, evals)
+        forget_out = predict(task.model, evals.forget, precision=task.precision)
         labels = torch.from_numpy(forget_out.labels).to(device)
         losses = torch.from_numpy(forget_out.losses()).float().to(device)
         targets = assign_targets(losses, reference, removed=removed[labels], cap=cap)
         by_row = torch.zeros(int(forget_out.rows.max()) + 1, device=device)
         by_row[torch.from_numpy(forget_out.rows).to(device)] = targets
         norm = float(forget_term(losses, targets, power=config.power))
+        # every rank evaluated the same rows: agree on the numbers decisions are made from
+        norm, retain_acc, reference_acc = distributed.agreed(norm, retain_acc, reference_acc)
         state = _State(
             reference=reference,
             targets=by_row,
@@ -358,27 +389,27 @@ class NablaTau:
             start_retain_acc=retain_acc,
             start_reference_acc=reference_acc,
             start_retain_loss=retain_loss,
+            evals=evals,
         )
         state.good = copy.deepcopy(task.model.state_dict())
         return state
 
     @staticmethod
-    def _retain(task: UnlearnTask) -> tuple[float, float]:
+    def _retain(task: UnlearnTask, evals: EvalSets) -> tuple[float, float]:
         """Accuracy and mean loss on the fixed retain sample, in one pass."""
-        out = predict(task.model, task.retain_eval, precision=task.precision)
+        out = predict(task.model, evals.retain, precision=task.precision)
         return float(out.correct().mean()), float(out.losses().mean())
 
     @staticmethod
     def _reference(
-        task: UnlearnTask, removed: torch.Tensor, cap: float
+        task: UnlearnTask, evals: EvalSets, removed: torch.Tensor, cap: float
     ) -> tuple[torch.Tensor, float]:
         """Sorted held-out losses of the current model clipped to [0, cap], and its accuracy.
 
         Rows of classes removed whole are left out: their behaviour is meant to change, so
         they are neither a target for the rest nor evidence of damage.
         """
-        assert task.reference is not None
-        out = predict(task.model, task.reference, precision=task.precision)
+        out = predict(task.model, evals.reference, precision=task.precision)
         keep = ~removed.cpu().numpy()[out.labels]
         losses = torch.from_numpy(out.losses()[keep]).float().clamp(0.0, cap).sort().values
         accuracy_kept = float(out.correct()[keep].mean()) if keep.any() else float("nan")
@@ -386,44 +417,44 @@ class NablaTau:
 
     @staticmethod
     def _step(
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scaler: Any,
+        train_step: TrainStep,
         task: UnlearnTask,
         state: _State,
         f_batch: Any,
         r_batch: Any,
         alpha: float,
-    ) -> tuple[float, float]:
-        """One paired step of Eq. 2 with the quantile-matched forget term.
+        parts: dict[str, torch.Tensor],
+    ) -> None:
+        """One paired step of Eq. 2 with the quantile-matched forget term (no host sync).
 
         Retain and forget batches go through the model in ONE forward pass (the model is in eval
         mode, so batch composition cannot change BatchNorm statistics): fewer kernel launches.
+        ``parts`` receives the step's detached forget term and retain loss.
         """
         start = time.perf_counter()
+        model = train_step.model
         xf, yf = device_batch(f_batch, task.precision)
         rows = f_batch[2].to(task.precision.device, non_blocking=True)
         xr, yr = device_batch(r_batch, task.precision)
         n_r = len(yr)
-        with task.precision.autocast():
+
+        def loss() -> torch.Tensor:
             if alpha > 0:
                 logits = model(torch.cat([xr, xf])).float()
                 retain_loss = nn.functional.cross_entropy(logits[:n_r], yr)
                 losses = nn.functional.cross_entropy(logits[n_r:], yf, reduction="none")
                 term = forget_term(losses, state.targets[rows], power=state.power) / state.norm
-                loss = (1 - alpha) * retain_loss + alpha * term
+                total = (1 - alpha) * retain_loss + alpha * term
             else:
                 retain_loss = nn.functional.cross_entropy(model(xr).float(), yr)
                 term = torch.zeros((), device=xr.device)
-                loss = retain_loss
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        values = float(term.detach()), float(retain_loss.detach())
+                total = retain_loss
+            parts["term"], parts["retain"] = term.detach(), retain_loss.detach()
+            return total
+
+        train_step(loss)
         state.step_seconds += time.perf_counter() - start
         state.step_samples += n_r + (len(yf) if alpha > 0 else 0)
-        return values
 
     def _evaluate(
         self,
@@ -439,8 +470,10 @@ class NablaTau:
             GuardRailError: retain accuracy collapsed past the global guard floor.
         """
         model, precision = task.model, task.precision
-        retain_acc, _retain_loss = self._retain(task)
-        reference, reference_acc = self._reference(task, state.removed, state.cap)
+        retain_acc, _retain_loss = self._retain(task, state.evals)
+        reference, reference_acc = self._reference(task, state.evals, state.removed, state.cap)
+        # the same rows on every rank; agreed numbers make every rank take the same branch
+        retain_acc, reference_acc = distributed.agreed(retain_acc, reference_acc)
         if retain_acc < state.start_retain_acc - task.guard.max_retain_drop:
             model.load_state_dict(state.good)  # type: ignore[arg-type]
             raise GuardRailError(
@@ -474,7 +507,7 @@ class NablaTau:
         else:
             state.good = copy.deepcopy(model.state_dict())
         state.reference = reference
-        forget_out = predict(model, task.forget_eval, precision=precision)
+        forget_out = predict(model, state.evals.forget, precision=precision)
         forget_acc = float(forget_out.correct().mean())
         labels = torch.from_numpy(forget_out.labels).to(precision.device)
         losses = torch.from_numpy(forget_out.losses()).float().to(precision.device)
@@ -483,6 +516,7 @@ class NablaTau:
         )
         state.targets[torch.from_numpy(forget_out.rows).to(precision.device)] = targets
         gap = float(forget_term(losses, targets, power=state.power)) / state.norm
+        forget_acc, gap = distributed.agreed(forget_acc, gap)
         # The target is the held-out accuracy at the start (a retrained model's accuracy on unseen
         # data, approximately), not the current one, which dips while the model is disturbed.
         # Removed classes are never predicted by a retrained model: their target accuracy is 0.

@@ -18,11 +18,15 @@ the paper). The authors' defaults for images, none of them tuned here:
 For their text experiments the authors use α₀ = 0.5 and lr 3e-4 (``--set alpha0=0.5
 --set lr=0.0003``). There is no early stop and no target other than the mean: the failure modes
 this has on heavy-tailed or well-generalising models (methods.md) are the point of keeping it.
-The tool-wide guard rails (non-finite loss, retain-accuracy floor) still apply.
+The tool-wide guard rails (non-finite loss, retain-accuracy floor) still apply, at the guard's
+checks (the only host reads of the loss). Steps go through
+:class:`~unforget.training.step.TrainStep` (gradients averaged across ranks under ``torchrun``;
+τ is averaged across ranks, so every rank uses the same one).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,7 +37,18 @@ from torch import nn
 
 from unforget.errors import InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
-from unforget.methods.loop import Guard, device_batch, freeze_batchnorm, mean_loss, paired, require
+from unforget.methods.loop import (
+    Guard,
+    adamw_step,
+    checked_loss,
+    device_batch,
+    freeze_batchnorm,
+    mean_loss,
+    paired,
+    require,
+    resident,
+)
+from unforget.runtime import distributed
 from unforget.runtime.progress import Tick
 
 
@@ -103,36 +118,31 @@ class NablaTauPaper:
         plan = epochs * f_batches
         alpha0 = config.alpha0 if config.alpha0 is not None else 5 / 3 * task.forget_fraction
         alpha0 = min(alpha0, 0.999)
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
-        guard = Guard(model, task.retain_eval, task.precision, task.guard)
+        train_step = adamw_step(task, model, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = train_step.optimizer
+        reference = resident(task.reference)  # read at every τ measurement
+        guard = Guard(model, resident(task.retain_eval), task.precision, task.guard)
         guard.start()
-        scaler = task.precision.scaler()
         taus: list[float] = []
         started = time.perf_counter()
         step = 0
         for step, (f_batch, r_batch) in enumerate(paired(task.forget, task.retain, steps=plan), 1):
             epoch = (step - 1) // f_batches
             if (step - 1) % f_batches == 0 and epoch % config.tau_every == 0:
-                taus.append(mean_loss(model, task.reference, task.precision))
+                # the same held-out rows on every rank; agreed so all use one τ
+                taus.append(distributed.agreed(mean_loss(model, reference, task.precision))[0])
             alpha = alpha0 * (1 - epoch / epochs)
             progress = (step - 1) / plan
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * (1 - (1 - config.lr_end) * progress)
             xf, yf = device_batch(f_batch, task.precision)
             xr, yr = device_batch(r_batch, task.precision)
-            with task.precision.autocast():
-                forget_loss = nn.functional.cross_entropy(model(xf).float(), yf)
-                retain_loss = nn.functional.cross_entropy(model(xr).float(), yr)
-                loss = paper_loss(forget_loss, retain_loss, tau=taus[-1], alpha=alpha)
-            guard.check_loss(float(loss.detach()), step=step, method=self.info.name)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            guard.check(step=step, method=self.info.name)
+            train_step(functools.partial(self._loss, model, xf, yf, xr, yr, taus[-1], alpha))
+            if step % task.guard.check_every == 0:  # the only host syncs
+                checked_loss(train_step, guard, step=step, method=self.info.name)
+                guard.check(step=step, method=self.info.name)
             task.on_progress(Tick(self.info.name, step, plan, {"alpha": alpha}))
+        checked_loss(train_step, guard, step=step, method=self.info.name)
         return Outcome(
             model=model,
             steps=step,
@@ -146,6 +156,21 @@ class NablaTauPaper:
                 "loop_seconds": round(time.perf_counter() - started, 3),
             },
         )
+
+    @staticmethod
+    def _loss(
+        model: nn.Module,
+        xf: torch.Tensor,
+        yf: torch.Tensor,
+        xr: torch.Tensor,
+        yr: torch.Tensor,
+        tau: float,
+        alpha: float,
+    ) -> torch.Tensor:
+        """Eq. 2 on one forget and one retain batch (two forward passes, as published)."""
+        forget_loss = nn.functional.cross_entropy(model(xf).float(), yf)
+        retain_loss = nn.functional.cross_entropy(model(xr).float(), yr)
+        return paper_loss(forget_loss, retain_loss, tau=tau, alpha=alpha)
 
 
 METHOD = NablaTauPaper()

@@ -45,9 +45,10 @@ Choices where the paper is silent or we depart from it, and why:
   (:class:`~unforget.methods.loop.Guard`) reads the fixed retain sample ``task.retain_eval``.
   On the sidecar path the retain rows are not read (only their labels, from the split, to
   tell classes removed whole: :class:`ReferenceStop`).
-- Consecutive deletions: :func:`~.pgu_stats.updated_statistics` (or :func:`sidecar_update`)
-  gives the output checkpoint's sidecar, ``C^full − C^F`` measured with the weights before
-  unlearning, so a sidecar always describes its checkpoint's current retain set.
+- Consecutive deletions: the method's saved-state hook (:class:`PguStatistics`, the
+  :class:`~unforget.methods.base.SavedState` of ``pgu``) gives the output checkpoint's sidecar,
+  ``C^full − C^F`` measured with the weights before unlearning, so a sidecar always describes
+  its checkpoint's current retain set; ``unforget train --pgu-stats`` writes the first one.
 """
 
 from __future__ import annotations
@@ -56,13 +57,14 @@ import copy
 import functools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from unforget.errors import CheckpointError, InputError
-from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
+from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import (
     ReferenceStop,
     calibrated_lr,
@@ -79,9 +81,12 @@ from unforget.methods.pgu_stats import (
     input_dim,
     load_statistics,
     sample_count,
+    sidecar_path,
+    statistics_bytes,
     supported_layers,
     updated_statistics,
 )
+from unforget.runtime.device import Precision
 from unforget.runtime.distributed import whole
 from unforget.runtime.progress import Tick
 from unforget.training.step import TrainStep, optimizer_for
@@ -213,7 +218,27 @@ def project_gradients(layers: dict[str, Layer], bases: dict[str, torch.Tensor]) 
             bias.grad = grad[:, width].contiguous().to(bias.dtype)
 
 
+class PguStatistics:
+    """PGU's saved state: the layer statistics sidecar ``<ckpt stem>.pgu.safetensors``
+    (:mod:`~unforget.methods.pgu_stats`), kept current across deletions (``C^full − C^F``)."""
+
+    label = "PGU statistics"
+
+    def path(self, checkpoint: Path) -> Path:
+        return sidecar_path(checkpoint)
+
+    def measure(self, model: nn.Module, loader: Loader, precision: Precision) -> Any:
+        return compute_statistics(model, loader, precision)
+
+    def carry(self, task: UnlearnTask) -> dict[str, torch.Tensor] | None:
+        return sidecar_update(task)
+
+    def to_bytes(self, state: Any, *, checkpoint_sha256: str) -> bytes:
+        return statistics_bytes(state, metadata={"unforget.checkpoint_sha256": checkpoint_sha256})
+
+
 class Pgu:
+    state: ClassVar[PguStatistics] = PguStatistics()
     info: ClassVar[MethodInfo] = MethodInfo(
         name="pgu",
         summary="Forget-set steps projected off the retain set's layer-input subspace",
@@ -265,13 +290,13 @@ def retain_statistics(task: UnlearnTask) -> tuple[dict[str, torch.Tensor], dict[
     earlier state of the ledger); the reason it was skipped is recorded.
     """
     details: dict[str, Any] = {}
-    if task.statistics is not None:
+    if task.saved_state is not None:
         try:
             retain = _from_sidecar(task)
-            details.update(statistics="sidecar", statistics_file=task.statistics.name)
+            details.update(statistics="sidecar", statistics_file=task.saved_state.name)
             return retain, details
         except (CheckpointError, ValueError) as exc:
-            details["statistics_note"] = f"sidecar {task.statistics.name} not used: {exc}"
+            details["statistics_note"] = f"sidecar {task.saved_state.name} not used: {exc}"
     details["statistics"] = "computed"
     # every rank needs C^R of the whole retain set, not of its shard (torchrun)
     return compute_statistics(task.model, whole(task.retain), task.precision), details
@@ -284,7 +309,7 @@ def sidecar_update(task: UnlearnTask) -> dict[str, torch.Tensor] | None:
     the method runs (methods modify ``task.model``). None when the task has no usable sidecar
     (the next ``pgu`` run then measures its statistics on the retain set).
     """
-    if task.statistics is None:
+    if task.saved_state is None:
         return None
     try:
         return _from_sidecar(task)
@@ -294,9 +319,9 @@ def sidecar_update(task: UnlearnTask) -> dict[str, torch.Tensor] | None:
 
 def _from_sidecar(task: UnlearnTask) -> dict[str, torch.Tensor]:
     """Sidecar ``C^full`` minus ``C^F``; raises CheckpointError/ValueError when unusable."""
-    if task.statistics is None:
+    if task.saved_state is None:
         raise ValueError("the checkpoint has no statistics sidecar")
-    full = load_statistics(task.statistics)
+    full = load_statistics(task.saved_state)
     _check_sidecar(full, task.model, expected=task.n_retain + task.n_forget)
     return updated_statistics(full, task.model, task.forget_eval, task.precision)
 

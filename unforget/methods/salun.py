@@ -19,7 +19,9 @@ Choices where the paper leaves room (recorded in the receipt):
   saliency is meant to find the layers F lives in). ``fraction`` is met exactly by a top-k
   selection, so ties at γ (e.g. many zero gradients from dead units) cannot inflate the mask.
 * ∇L_F is the gradient of the mean loss over the whole forget set, in the unshuffled evaluation
-  order, so the mask is reproducible and its SHA-256 (in the receipt) can be recomputed.
+  order, so the mask is reproducible and its SHA-256 (in the receipt) can be recomputed. Under
+  torchrun every rank computes it over all of F and the saliencies are averaged across ranks,
+  so all ranks hold the same mask.
 * θ_u is enforced literally: after every optimiser step the non-salient weights are copied back
   from θ_o. That keeps them bit-identical whatever the optimiser does (AdamW's decoupled weight
   decay and SGD momentum would otherwise move them even with their gradients zeroed).
@@ -51,6 +53,7 @@ from unforget.methods.loop import (
     steps_for,
 )
 from unforget.methods.random_label import relabel_objective
+from unforget.runtime import distributed
 from unforget.runtime.device import Precision
 
 Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor of the parameter's shape
@@ -107,7 +110,9 @@ def saliency_mask(
 ) -> Mask:
     """m_S: True for the ``fraction`` of weights with the largest |∇_θ L_F| (global top-k)."""
     saliency = forget_saliency(model, loader, precision)
-    flat = torch.cat([s.flatten() for s in saliency.values()])
+    # every rank read every forget row (an evaluation loader); averaging makes the mask the
+    # same on all ranks even where the backward is not bit-reproducible (GPU atomics)
+    flat = distributed.average(torch.cat([s.flatten() for s in saliency.values()]))
     k = max(1, round(fraction * flat.numel()))
     chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     chosen[torch.topk(flat, k, sorted=False).indices] = True

@@ -46,7 +46,7 @@ from unforget.errors import GuardRailError, InputError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import device_batch, freeze_batchnorm, require
 from unforget.runtime.device import Precision
-from unforget.runtime.distributed import whole
+from unforget.runtime.distributed import average, whole
 from unforget.runtime.progress import Tick
 
 CHUNK_ENTRIES = 2**26  # per-sample gradient entries held at once (256 MiB in fp32)
@@ -252,6 +252,10 @@ def importances(model: nn.Module, task: UnlearnTask) -> Importances:
     task.on_progress(Tick("ssd", 1, 2, {}))
     retain_sum, n_retain = squared_gradient_sum(model, whole(task.retain), task.precision)
     task.on_progress(Tick("ssd", 2, 2, {}))
+    # every rank read all of F and R (whole()); averaging makes the importances, and so the
+    # selection, the same on all ranks even where a backward is not bit-reproducible (GPU)
+    forget_sum = {name: average(total) for name, total in forget_sum.items()}
+    retain_sum = {name: average(total) for name, total in retain_sum.items()}
     n_full = max(n_forget + n_retain, 1)
     forget = {name: total / max(n_forget, 1) for name, total in forget_sum.items()}
     full = {name: (total + retain_sum[name]) / n_full for name, total in forget_sum.items()}

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from unforget.config.spec import ModelSpec
-from unforget.errors import SpecError
+from unforget.errors import SpecError, param
 
 Builder = Callable[..., nn.Module]
 
@@ -72,7 +72,7 @@ def _plugin(name: str, allowed: bool) -> Builder:
     if not allowed:
         raise SpecError(
             f"the checkpoint names plugin model code {name!r}; it only runs when you name it "
-            f"yourself: add --model {name} (or model.name in --config)"
+            f"yourself: add {param('model', name)} (or model.name in {param('config')})"
         )
     module_name, _, attr = name.partition(":")
     try:

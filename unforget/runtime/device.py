@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from unforget.errors import InputError
+from unforget.errors import InputError, param
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise InputError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(
-            f"device {name!r} requested but no CUDA GPU is available; use --device cpu"
+            f"device {name!r} requested but no CUDA GPU is available; use {param('device', 'cpu')}"
         )
     if device.type not in {"cpu", "cuda"}:
         raise InputError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")

@@ -156,6 +156,52 @@ def average(tensor: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
+def agreed(*values: float) -> tuple[float, ...]:
+    """The mean of each of ``values`` over ranks, in one all-reduce (float64): the numbers a
+    check decides on, so every rank takes the same branch even where an evaluation that should
+    be identical is not bit for bit (e.g. non-deterministic GPU kernels). The values
+    themselves when not distributed."""
+    if not _initialised():
+        return values
+    import torch.distributed as dist
+
+    out = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(out)
+    out /= dist.get_world_size()
+    return tuple(float(v) for v in out.tolist())
+
+
+def average_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The mean over ranks of each tensor, DIFFERENTIABLE (``torch.distributed.nn``): for a
+    quantity that enters a loss non-linearly, e.g. a look-ahead step θ' = θ − η·∇L_F whose
+    gradient must be that of the global batch, not of this rank's share. The backward of the
+    all-reduce sums the upstream gradients of all ranks, so after the usual gradient average
+    every rank holds the gradient of the global objective. Identity when not distributed."""
+    if not _initialised() or not tensors:
+        return tensors
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_reduce
+
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    flat = all_reduce(flat) / dist.get_world_size()
+    out, offset = [], 0
+    for t in tensors:
+        out.append(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return out
+
+
+def average_buffers(model: nn.Module) -> None:
+    """Floating-point buffers (BatchNorm running statistics) ← their mean over ranks: a model
+    trained in train mode outside DistributedDataParallel updated them on its own shard."""
+    if not _initialised():
+        return
+    with torch.no_grad():
+        for buffer in model.buffers():
+            if torch.is_floating_point(buffer):
+                buffer.copy_(average(buffer))
+
+
 def replicas_agree(model: nn.Module) -> bool:
     """True when every rank holds bitwise the same parameters (checked with a float64 digest
     of each tensor: sum and position-weighted sum)."""
@@ -215,6 +261,15 @@ def whole(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
     )
+
+
+def global_batch_size(loader: torch.utils.data.DataLoader, default: int = 64) -> int:
+    """Rows one step reads over all ranks: ``batch_size × W`` for a loader made with
+    :func:`shard_sampler` (``⌈B/W⌉·W``, which :func:`~unforget.data.loaders.make_loader`
+    divides back to the same per-rank size), ``batch_size`` otherwise (``default`` if None)."""
+    size = loader.batch_size or default
+    sampler = getattr(loader, "sampler", None)
+    return size * sampler.num_replicas if isinstance(sampler, _EpochSampler) else size
 
 
 class _EpochSampler(torch.utils.data.DistributedSampler):  # type: ignore[type-arg]

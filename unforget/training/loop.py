@@ -139,6 +139,10 @@ def train_loop(
                     raise GuardRailError(f"{task}: loss became {last} at step {step}; lower lr")
                 on_progress(Tick(task, step, total, {"loss": last}))
     seconds = time.perf_counter() - start
+    # DDP broadcasts rank 0's buffers at the start of each forward, but every rank then updates
+    # its BatchNorm statistics on its own shard: without this the ranks end with different
+    # buffers (and ``apply`` refuses ``retrain``'s model). Identity in one process.
+    distributed.average_buffers(model)
     return TrainResult(
         epochs=recipe.epochs, steps=step, samples=samples, seconds=seconds, final_loss=last
     )

@@ -2,9 +2,10 @@
 
 Every loop that updates weights (``unforget train`` and the audit's references in
 :mod:`unforget.training.loop`, the fine-tuning baselines' :func:`unforget.methods.loop.descend`,
-and ``pgu``, ``ltu``, ``lur``) goes through :class:`TrainStep`, so mixed precision, gradient
-clipping, accumulation and multi-process training live in one place and a method is only its
-loss. One call does::
+the default ``proxy-distill`` (its proxy and its distillation), ``nabla-tau``,
+``nabla-tau-paper``, ``pgu``, ``ltu``, ``lur``) goes through :class:`TrainStep`, so mixed
+precision, gradient clipping, accumulation and multi-process training live in one place and a
+method is only its loss. One call does::
 
     with autocast:  loss = loss_fn()                 # bf16 on CUDA where supported, fp16
                                                      # with a GradScaler otherwise, fp32 on CPU
@@ -42,6 +43,8 @@ The loss closure runs at once, inside the call (so a lambda over the loop's batc
 ``task.forget`` and ``task.retain`` are already sharded per rank under ``torchrun`` and the
 step averages the gradients, so this loop is multi-process as written (a full pass that must
 see every row, e.g. statistics, reads ``unforget.runtime.distributed.whole(task.retain)``).
+The numbers a check decides on are averaged across ranks
+(:func:`unforget.runtime.distributed.agreed`) so that every rank takes the same branch.
 ``apply`` refuses to write when the ranks end with different weights, which is what a loop
 that bypasses the step produces under torchrun. A loop that computes
 its gradients itself (``torch.autograd.grad``) writes them into ``p.grad`` and calls

@@ -21,10 +21,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from unforget.data.loaders import make_loader, source
-from unforget.errors import InputError
+from unforget.errors import InputError, param
 from unforget.io import checkpoint as ckpt_io
-from unforget.io.manifest import read_manifest
 from unforget.mia import attacks, metrics
 from unforget.mia.power import sample_size_check
 from unforget.mia.results import (
@@ -40,14 +38,14 @@ from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
 from unforget.workflows import ref_budget, references
 from unforget.workflows.workspace import (
+    Deletion,
     Workspace,
-    open_workspace,
+    open_request,
     read_checkpoint,
     weights_sha256,
 )
 
 SCHEMA = "unforget.audit/2"  # /2: verdict relative to the references (comparison objects)
-RETAIN_SAMPLE = 2048
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,10 +68,10 @@ class AuditRequest:
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
-            raise InputError(f"--jobs must be at least 1, not {self.jobs}")
+            raise InputError(f"{param('jobs')} must be at least 1, not {self.jobs}")
         if self.ref_source not in references.SOURCES:
             raise InputError(
-                f"--ref-source must be one of {', '.join(references.SOURCES)}, "
+                f"{param('ref_source')} must be one of {', '.join(references.SOURCES)}, "
                 f"not {self.ref_source!r}"
             )
 
@@ -96,7 +94,8 @@ class ModelResult:
     metrics: AttackMetrics | None
     utility: Utility
     loss_attack_auc: float  # legacy population attack: score = −loss
-    lr_attack_accuracy: float  # legacy: logistic regression on loss, balanced (papers' number)
+    # legacy: logistic regression on loss, balanced (papers' number); None below 5 rows a side
+    lr_attack_accuracy: float | None
 
 
 @dataclass(frozen=True)
@@ -171,16 +170,16 @@ def run_audit(
     """
     started = time.perf_counter()
     timing: dict[str, float] = {}
-    manifest = read_manifest(request.manifest)
-    ws = open_workspace(
+    ws, manifest, forget = open_request(
         request.ckpt,
+        request.manifest,
         config=request.config,
         flags=request.flags,
         accept_data_change=request.accept_data_change,
     )
-    forget = ws.forget_rows(manifest)
-    heldout, notes = _heldout_rows(ws, forget, request.ckpt)
-    retain = ws.retain_rows(forget)
+    deletion = ws.deletion(forget)
+    heldout, notes = _heldout_rows(ws, deletion, request.ckpt)
+    retain = deletion.retain
     inputs = _inputs(request, ws, manifest.sha256, len(forget), len(heldout))
     original_path = request.original or _original_from_receipt(request.ckpt, notes)
     k_planned = request.refs if request.refs is not None else ref_budget.CHOICES[0]
@@ -212,7 +211,7 @@ def run_audit(
         request=request,
         forget=forget,
         heldout=heldout,
-        retain=retain,
+        deletion=deletion,
         target=target,
         original=original,
         refs=refs,
@@ -315,20 +314,20 @@ def _references(
     )
 
 
-def _heldout_rows(ws: Workspace, forget: np.ndarray, ckpt: Path) -> tuple[np.ndarray, list[str]]:
+def _heldout_rows(ws: Workspace, deletion: Deletion, ckpt: Path) -> tuple[np.ndarray, list[str]]:
     """Evidence rows of H: never trained on, not read by ``apply``, restricted to F's classes.
 
     Restricting to F's classes keeps whole-class deletions comparable (audit.md, "Pitfalls").
     """
     notes = []
-    rows = ws.evidence_rows()
+    rows = deletion.evidence
     read = _receipt_reference_ids(ckpt)
     if read:
         mask = np.isin(np.asarray(ws.heldout.ids, dtype=object)[rows], list(read))
         if mask.any():
             notes.append(f"excluded {int(mask.sum())} held-out rows read by apply")
         rows = rows[~mask]
-    classes = np.unique(ws.train.labels[forget])
+    classes = np.unique(ws.train.labels[deletion.forget])
     keep = np.isin(ws.heldout.labels[rows], classes)
     if not keep.all():
         notes.append(f"held-out restricted to the forget set's {len(classes)} class(es)")
@@ -376,13 +375,7 @@ def _signals(
     hflip = "hflip" in ws.spec.recipe.augmentation
     parts = []
     for split, rows in ((ws.train, rows_f), (ws.heldout, rows_h)):
-        loader = make_loader(
-            source(split, rows, spec=ws.spec.data, info=ws.info, encoder=ws.encoder),
-            batch_size=512,
-            shuffle=False,
-            seed=0,
-            device=precision.device,
-        )
+        loader = ws.loader(split, rows, device=precision.device)
         parts.append(compute_signals(model, loader, precision=precision, hflip=hflip))
     return Signals.concat(parts)
 
@@ -393,7 +386,7 @@ def _score(
     request: AuditRequest,
     forget: np.ndarray,
     heldout: np.ndarray,
-    retain: np.ndarray,
+    deletion: Deletion,
     target: nn.Module,
     original: nn.Module | None,
     refs: list[nn.Module],
@@ -402,7 +395,7 @@ def _score(
 ) -> _Scored:
     """Query every model (torch), then run the numpy audit of :mod:`unforget.mia.scoring`."""
     rng = np.random.default_rng(request.seed)
-    retain_sample = np.sort(rng.choice(retain, size=min(RETAIN_SAMPLE, len(retain)), replace=False))
+    retain_sample = deletion.retain_sample(rng)
     is_forget = np.r_[np.ones(len(forget), bool), np.zeros(len(heldout), bool)]
     sig_t = _signals(ws, target, forget, heldout, precision)
     sig_o = _signals(ws, original, forget, heldout, precision) if original else None
@@ -431,9 +424,7 @@ def _score(
                 heldout=float(sig.correct[~is_forget].mean()),
             ),
             loss_attack_auc=metrics.auc(-sig.loss[is_forget], -sig.loss[~is_forget]),
-            lr_attack_accuracy=attacks.logistic_regression_mia_accuracy(
-                sig.loss[is_forget], sig.loss[~is_forget], rng=rng
-            ),
+            lr_attack_accuracy=_lr_attack_accuracy(sig, is_forget, rng),
         )
 
     original_result = None
@@ -468,14 +459,23 @@ def _score(
     )
 
 
-def _accuracy(ws: Workspace, model: nn.Module, rows: np.ndarray, precision: Precision) -> float:
-    loader = make_loader(
-        source(ws.train, rows, spec=ws.spec.data, info=ws.info, encoder=ws.encoder),
-        batch_size=512,
-        shuffle=False,
-        seed=0,
-        device=precision.device,
+LR_FOLDS = 5  # cross-validation folds of the legacy loss attack (one row per fold at least)
+
+
+def _lr_attack_accuracy(
+    sig: Signals, is_forget: np.ndarray, rng: np.random.Generator
+) -> float | None:
+    """The papers' balanced logistic-regression attack accuracy, or None when either side has
+    fewer rows than folds (a tiny request: the RMIA verdict does not depend on this number)."""
+    if min(int(is_forget.sum()), int((~is_forget).sum())) < LR_FOLDS:
+        return None
+    return attacks.logistic_regression_mia_accuracy(
+        sig.loss[is_forget], sig.loss[~is_forget], rng=rng, folds=LR_FOLDS
     )
+
+
+def _accuracy(ws: Workspace, model: nn.Module, rows: np.ndarray, precision: Precision) -> float:
+    loader = ws.loader(ws.train, rows, device=precision.device)
     return float(compute_signals(model, loader, precision=precision).correct.mean())
 
 
@@ -547,12 +547,35 @@ def _early(
         explanation=explanation,
     )
     timing["total_seconds"] = time.perf_counter() - started
-    return AuditReport(
+    return report_without_models(
+        verdict,
+        sample=sample,
         inputs=inputs,
         settings=_settings(request, "none", 0),
+        timing=timing,
+        notes=tuple(notes),
+    )
+
+
+def report_without_models(
+    verdict: Verdict,
+    *,
+    sample: SampleSizeCheck,
+    inputs: dict[str, Any],
+    settings: dict[str, Any],
+    timing: dict[str, float],
+    notes: tuple[str, ...] = (),
+    attack: str = "none",
+    k: int = 0,
+) -> AuditReport:
+    """A report that carries a verdict but no model was scored (an audit stopped before any
+    training, or a stand-in report with a chosen verdict for exercising the CLI's exit codes)."""
+    return AuditReport(
+        inputs=inputs,
+        settings=settings,
         sample=sample,
-        attack="none",
-        k=0,
+        attack=attack,
+        k=k,
         target=None,
         original=None,
         references=(),
@@ -562,5 +585,5 @@ def _early(
         diagnostics=(),
         verdict=verdict,
         timing=timing,
-        notes=tuple(notes),
+        notes=notes,
     )

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from unforget.errors import InputError
+from unforget.errors import InputError, param
 from unforget.io.fileio import atomic_write
 from unforget.mia.results import as_json
 from unforget.workflows.audit import SCHEMA, AuditReport, ModelResult
@@ -31,7 +31,9 @@ def _model_json(result: ModelResult | None) -> Any:
         "utility": as_json(result.utility),
         "legacy": {
             "loss_attack_auc": round(result.loss_attack_auc, 6),
-            "lr_attack_accuracy": round(result.lr_attack_accuracy, 6),
+            "lr_attack_accuracy": (
+                None if result.lr_attack_accuracy is None else round(result.lr_attack_accuracy, 6)
+            ),
         },
     }
 
@@ -104,7 +106,7 @@ def write_plot(report: AuditReport, path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise InputError("--plot needs matplotlib: pip install 'unforget[plot]'") from exc
+        raise InputError(f"{param('plot')} needs matplotlib: pip install 'unforget[plot]'") from exc
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (fpr, tpr) in report.roc.items():
         style = {"target": ("C0", 2.0), "original": ("C3", 1.5)}.get(name, ("0.6", 0.8))
@@ -200,9 +202,10 @@ def print_audit(console: Any, report: AuditReport) -> None:
                 f"against the references (paired): AUC − AUC_ref {_fmt(c.auc_difference)}, "
                 f"TPR@{c.fpr:.0%} − TPR_ref {t.value:+.1%} [{t.low:+.1%}, {t.high:+.1%}]"
             )
+        lr = report.target.lr_attack_accuracy
         console.print(
             f"legacy (papers): loss-attack AUC {report.target.loss_attack_auc:.3f}, "
-            f"LR attack accuracy {report.target.lr_attack_accuracy:.3f}"
+            f"LR attack accuracy {'n/a (too few rows)' if lr is None else f'{lr:.3f}'}"
         )
     v = report.verdict
     colour = {"PASS": "green", "FAIL-LEAK": "red", "FAIL-OVER": "red"}.get(v.status, "yellow")
@@ -251,6 +254,10 @@ def conclusion(status: str, reasons: tuple[str, ...], evidence: str) -> tuple[st
         "forget_set_too_small": "audit a larger batch of deletions together (a bigger forget "
         "set), or accept a wider margin deliberately (--delta-auc).",
         "heldout_too_small": "add held-out rows the model never trained on to the data.",
+        "leak_below_margin": "a few forget samples still look like members (the memorised "
+        "tail): re-run apply on the original checkpoint with --set focus=1 (proxy-distill "
+        "spends its forget steps on the samples furthest from their targets, at some cost in "
+        "accuracy) or --method retrain, then audit again.",
     }
     step = next((steps[r] for r in reasons if r in steps), None)
     return (

@@ -23,8 +23,7 @@ import numpy as np
 
 from unforget.config.spec import merge_spec, spec_layer_from_toml
 from unforget.data import fmnist
-from unforget.data.loaders import make_loader, source
-from unforget.errors import InputError, UnforgetError
+from unforget.errors import InputError, UnforgetError, param
 from unforget.io.fileio import atomic_write, atomic_write_json
 from unforget.mia import attacks, metrics
 from unforget.mia.signals import Signals, compute_signals
@@ -147,7 +146,9 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run everything, write ``results.json``, ``results.md`` and ``results.png``; return JSON."""
     if "retrain" not in config.methods:
-        raise InputError("bench needs 'retrain' among --methods: it is the reference answer")
+        raise InputError(
+            f"bench needs 'retrain' among {param('methods')}: it is the reference answer"
+        )
     data = prepare_data(config)
     runs: list[Run] = []
     originals: dict[int, float] = {}
@@ -270,11 +271,10 @@ def _measure(
 ) -> list[Run]:
     from unforget.io.manifest import read_manifest
 
-    forget = ws.forget_rows(read_manifest(manifest))
-    retain = ws.retain_rows(forget)
+    deletion = ws.deletion(ws.forget_rows(read_manifest(manifest)))
+    forget, test = deletion.forget, deletion.evidence
     rng = np.random.default_rng(seed)
-    retain_sample = np.sort(rng.choice(retain, size=min(2048, len(retain)), replace=False))
-    test = ws.evidence_rows()
+    retain_sample = deletion.retain_sample(rng)
     classes = np.unique(ws.train.labels[forget])
     test_mia = test[np.isin(ws.heldout.labels[test], classes)]
     signals = {}
@@ -349,14 +349,9 @@ def _with_gaps(runs: list[Run]) -> list[Run]:
 def _signals(
     ws: Workspace, model: Any, split: Any, rows: np.ndarray, precision: Precision
 ) -> Signals:
-    loader = make_loader(
-        source(split, rows, spec=ws.spec.data, info=ws.info, encoder=ws.encoder),
-        batch_size=1024,
-        shuffle=False,
-        seed=0,
-        device=precision.device,
+    return compute_signals(
+        model, ws.loader(split, rows, device=precision.device), precision=precision
     )
-    return compute_signals(model, loader, precision=precision)
 
 
 def _reset_peak(precision: Precision) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unforget.errors import CheckpointError, InputError, OutputExistsError, SpecError
+from unforget.errors import CheckpointError, InputError, OutputExistsError, SpecError, param
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.ledger import entries_from_json, entries_summary
 from unforget.io.paths import is_under, same_file
@@ -91,13 +91,14 @@ def export_model_dir(
         CheckpointError: not an hf plugin checkpoint, or tensors that do not fit the config.
         SpecError: the base directory is missing or incomplete, or transformers is absent.
     """
-    for name, source in (("the checkpoint", ckpt), ("--base", base)):
+    for name, source in (("the checkpoint", ckpt), (param("base"), base)):
         if source is not None and (is_under(source, out) or same_file(source, out)):
             raise InputError(
-                f"--out {out} would replace {name} {source}; unforget never overwrites an input"
+                f"{param('out')} {out} would replace {name} {source}; unforget never "
+                "overwrites an input"
             )
     if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists; pass --force to replace it")
+        raise OutputExistsError(f"{out} already exists; pass {param('force', True)} to replace it")
     checkpoint = ckpt_io.load_checkpoint(ckpt)
     spec = checkpoint.meta_json(ckpt_io.KEY_SPEC, default={}) or {}
     directory = model_directory(base or _recorded_base(checkpoint.path, spec), need_weights=False)
@@ -290,7 +291,7 @@ def save_model_dir(
         OutputExistsError: ``out`` exists and ``force`` is off.
     """
     if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists; pass --force to replace it")
+        raise OutputExistsError(f"{out} already exists; pass {param('force', True)} to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -12,9 +12,9 @@ import numpy as np
 
 from unforget import __version__
 from unforget.config.spec import RunSpec, relativise_data_path
-from unforget.data.loaders import make_loader, source
+from unforget.data.loaders import rows_loader
 from unforget.data.splits import fingerprint, input_info, load_split, reference_mask
-from unforget.errors import DataError
+from unforget.errors import DataError, InputError
 from unforget.io.checkpoint import (
     KEY_LEDGER,
     KEY_PROVENANCE,
@@ -23,10 +23,11 @@ from unforget.io.checkpoint import (
     save_checkpoint,
     state_dict_cpu,
 )
-from unforget.io.fileio import refuse_existing
+from unforget.io.fileio import atomic_write, refuse_existing
 from unforget.io.ledger import entries_to_json, load_or_create_key, new_entry
 from unforget.io.manifest import Manifest, canonical_ids, resolve_rows
-from unforget.methods.pgu_stats import compute_statistics, save_statistics, sidecar_path
+from unforget.methods import get_method
+from unforget.methods.base import SavedState, saved_state
 from unforget.runtime import distributed
 from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
@@ -44,7 +45,7 @@ class TrainReport:
     train: Score
     heldout: Score
     result: TrainResult
-    statistics: Path | None = None  # the PGU sidecar, when written (--pgu-stats)
+    states: dict[str, Path] = dataclasses.field(default_factory=dict)  # method -> state file
     ledger_key_created: Path | None = None  # the ledger key file, when this run created it
 
 
@@ -60,7 +61,7 @@ def train_checkpoint(
     force: bool = False,
     allow_plugin: bool = False,
     exclude: Manifest | None = None,
-    pgu_stats: bool = False,
+    states: tuple[str, ...] = (),
     on_progress: ProgressFn = silent,
 ) -> TrainReport:
     """Train on the training split, evaluate, and write ``out`` with the spec embedded.
@@ -68,16 +69,18 @@ def train_checkpoint(
     With ``exclude`` the IDs of that manifest are left out (exact retraining without them); they
     are recorded in the new checkpoint's deletion ledger, so audits treat them as forgotten.
 
-    With ``pgu_stats`` the PGU statistics sidecar ``<out stem>.pgu.safetensors`` is written
-    too (one more forward pass over the training rows; see :mod:`unforget.methods.pgu_stats`).
+    ``states`` names methods whose saved state (:class:`~unforget.methods.base.SavedState`)
+    is written beside ``out`` too, measured on the trained model over all its training rows
+    (``--pgu-stats``: ``("pgu",)``, one more forward pass; see :mod:`unforget.methods.pgu_stats`).
 
     Raises:
-        OutputExistsError: ``out`` (or its sidecar) exists and ``force`` is off (checked
+        InputError: a name in ``states`` is not a method that keeps state.
+        OutputExistsError: ``out`` (or a state file) exists and ``force`` is off (checked
             before training).
     """
-    refuse_existing(out, force=force)
-    if pgu_stats:
-        refuse_existing(sidecar_path(out), force=force)
+    hooks = _state_hooks(states)
+    for path in [out, *(hook.path(out) for hook in hooks.values())]:
+        refuse_existing(path, force=force)
     train = load_split(spec.data, spec.data.train_split)
     heldout = load_split(spec.data, spec.data.heldout_split)
     if set(train.ids) & set(heldout.ids):
@@ -137,12 +140,8 @@ def train_checkpoint(
     evidence = np.flatnonzero(~reference_mask(heldout.ids, fraction=spec.data.reference_fraction))
     scores = []
     for split, rows in ((train, all_rows), (heldout, evidence)):
-        loader = make_loader(
-            source(split, rows, spec=spec.data, info=info, encoder=encoder),
-            batch_size=512,
-            shuffle=False,
-            seed=0,
-            device=precision.device,
+        loader = rows_loader(
+            split, rows, spec=spec.data, info=info, encoder=encoder, device=precision.device
         )
         scores.append(score(predict(model, loader, precision=precision)))
     stored = relativise_data_path(spec, base=out.resolve().parent)
@@ -164,22 +163,14 @@ def train_checkpoint(
         meta[KEY_LEDGER] = entries_to_json(ledger)
     writer = distributed.is_writer()  # under torchrun only rank 0 writes
     sha = save_checkpoint(out, state_dict_cpu(model), metadata=meta, force=force) if writer else ""
-    statistics = None
-    if pgu_stats and writer:
-        loader = make_loader(
-            source(train, all_rows, spec=spec.data, info=info, encoder=encoder),
-            batch_size=512,
-            shuffle=False,
-            seed=0,
-            device=precision.device,
+    written = {}
+    for name, hook in hooks.items() if writer else ():
+        loader = rows_loader(
+            train, all_rows, spec=spec.data, info=info, encoder=encoder, device=precision.device
         )
-        statistics = sidecar_path(out)
-        save_statistics(
-            statistics,
-            compute_statistics(model, loader, precision),
-            metadata={"unforget.checkpoint_sha256": sha},
-            force=force,
-        )
+        state = hook.measure(model, loader, precision)
+        written[name] = hook.path(out)
+        atomic_write(written[name], hook.to_bytes(state, checkpoint_sha256=sha))
     return TrainReport(
         out=out,
         sha256=sha,
@@ -187,9 +178,20 @@ def train_checkpoint(
         train=scores[0],
         heldout=scores[1],
         result=result,
-        statistics=statistics,
+        states=written,
         ledger_key_created=key_created,
     )
+
+
+def _state_hooks(names: tuple[str, ...]) -> dict[str, SavedState]:
+    """The saved-state hooks of the methods ``names`` (see :func:`train_checkpoint`)."""
+    hooks = {}
+    for name in names:
+        hook = saved_state(get_method(name))
+        if hook is None:
+            raise InputError(f"method {name!r} keeps no saved state to write at training time")
+        hooks[name] = hook
+    return hooks
 
 
 def _torch_version() -> str:

@@ -21,8 +21,7 @@ import numpy as np
 from unforget import __version__
 from unforget.config.options import as_plain
 from unforget.config.spec import relativise_data_path
-from unforget.data.loaders import make_loader, source
-from unforget.errors import GuardRailError
+from unforget.errors import GuardRailError, param
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.fileio import (
     Staged,
@@ -37,29 +36,24 @@ from unforget.io.ledger import (
     load_or_create_key,
     new_entry,
 )
-from unforget.io.manifest import Manifest, canonical_ids, duplicate_count, read_manifest
+from unforget.io.manifest import Manifest, canonical_ids, duplicate_count
 from unforget.io.paths import IOPlan, check_plan
 from unforget.io.receipt import Provenance, Receipt, Snapshot, orphaned_output, receipt_path
-from unforget.methods import get_method, make_config
-from unforget.methods.base import GuardConfig, Outcome, UnlearnTask
-from unforget.methods.pgu import sidecar_update
-from unforget.methods.pgu_stats import sidecar_path, statistics_bytes
+from unforget.methods import DEFAULT_METHOD, get_method, make_config, saved_states
+from unforget.methods.base import GuardConfig, Method, Outcome, SavedState, UnlearnTask, saved_state
 from unforget.runtime import distributed
 from unforget.runtime.device import Precision, seed_everything
 from unforget.runtime.progress import ProgressFn, silent
 from unforget.training.evaluate import predict, score
 from unforget.training.loop import fit
-from unforget.workflows.workspace import Workspace, open_workspace
-
-EVAL_BATCH = 512
-RETAIN_SAMPLE = 2048
+from unforget.workflows.workspace import Deletion, Workspace, open_request
 
 
 @dataclass(frozen=True, kw_only=True)
 class ApplyRequest:
     ckpt: Path
     manifest: Path
-    method: str = "proxy-distill"
+    method: str = DEFAULT_METHOD
     options: dict[str, str] = dataclasses.field(default_factory=dict)
     out: Path | None = None
     seed: int = 0
@@ -166,16 +160,15 @@ def apply(
     method = get_method(request.method)
     config = make_config(method, request.options)
     out = request.out or default_out(request.ckpt)
-    check_plan(apply_paths(request, out, data=None), must_exist=["--ckpt"])
-    manifest = read_manifest(request.manifest)
-    ws = open_workspace(
+    check_plan(apply_paths(request, out, data=None), must_exist=[param("ckpt")])
+    ws, manifest, forget = open_request(
         request.ckpt,
+        request.manifest,
         config=request.config,
         flags=request.flags,
         accept_data_change=request.accept_data_change,
     )
     check_plan(apply_paths(request, out, data=Path(ws.spec.data.path)))
-    forget = ws.forget_rows(manifest)
     earlier = find_manifest(ws.ledger, manifest.sha256)
     if earlier is None and all(covered(ws.ledger, [ws.train.ids[r] for r in forget])):
         earlier = ws.ledger[-1] if ws.ledger else None
@@ -200,31 +193,35 @@ def apply(
         check_plan(plan, refuse={name: not replace for name in plan.outputs})
         for path in plan.outputs.values() if writer else ():  # only apply writes these
             remove_stale_temps(path)
-        return _run(ws, request, manifest, forget, out, method, config, precision, on_progress)
+        deletion = ws.deletion(forget)
+        return _run(ws, request, manifest, deletion, out, method, config, precision, on_progress)
 
 
 def apply_paths(request: ApplyRequest, out: Path, *, data: Path | None) -> IOPlan:
     """What ``apply`` reads and writes (see :mod:`unforget.io.paths`)."""
-    inputs = {"--ckpt": request.ckpt, "--forget": request.manifest}
+    inputs = {param("ckpt"): request.ckpt, param("manifest"): request.manifest}
     if request.config is not None:
-        inputs["--config"] = request.config
+        inputs[param("config")] = request.config
+    states = saved_states()  # every method's state file: none may be overwritten or left stale
     for name, path in (
-        ("the PGU statistics of --ckpt", sidecar_path(request.ckpt)),
-        ("the receipt of --ckpt", receipt_path(request.ckpt)),
+        *((f"the {s.label} of {param('ckpt')}", s.path(request.ckpt)) for s in states.values()),
+        (f"the receipt of {param('ckpt')}", receipt_path(request.ckpt)),
     ):
         if path.exists():
             inputs[name] = path
     outputs = {
-        "--out": out,
-        "the receipt of --out": receipt_path(out),
-        "the PGU statistics file of --out": sidecar_path(out),
+        param("out"): out,
+        f"the receipt of {param('out')}": receipt_path(out),
+        **{f"the {s.label} file of {param('out')}": s.path(out) for s in states.values()},
     }
     return IOPlan(
         inputs=inputs,
         outputs=outputs,
         folders={"the data folder": data} if data else {},
         # a HuggingFace model directory in gives a model directory out
-        directories=frozenset({"--ckpt", "--out"}) if request.ckpt.is_dir() else frozenset(),
+        directories=frozenset({param("ckpt"), param("out")})
+        if request.ckpt.is_dir()
+        else frozenset(),
     )
 
 
@@ -232,18 +229,19 @@ def _run(
     ws: Workspace,
     request: ApplyRequest,
     manifest: Manifest,
-    forget: np.ndarray,
+    deletion: Deletion,
     out: Path,
-    method: Any,
+    method: Method,
     config: Any,
     precision: Precision,
     on_progress: ProgressFn,
 ) -> ApplyResult:
     seed_everything(request.seed)
-    task, evals = _task(ws, forget, request, precision, on_progress)
-    before = _snapshot(task.model, ws, forget, evals, precision)
-    # PGU keeps its sidecar current: C^full − C^F, measured with the weights BEFORE the run.
-    statistics = sidecar_update(task) if request.method == "pgu" else None
+    hook = saved_state(method)
+    task, evals = _task(ws, deletion, request, hook, precision, on_progress)
+    before = _snapshot(task.model, deletion, evals, precision)
+    # A method's saved state follows the checkpoint, measured with the weights BEFORE the run.
+    carried = (hook, state) if hook and (state := hook.carry(task)) is not None else None
     start = time.perf_counter()
     outcome: Outcome = method.run(task, config)
     seconds = time.perf_counter() - start
@@ -252,14 +250,14 @@ def _run(
             f"{request.method}: the processes ended with different weights (the method does not "
             "average its gradients across ranks); nothing was written: run it without torchrun"
         )
-    after = _snapshot(outcome.model, ws, forget, evals, precision)
+    after = _snapshot(outcome.model, deletion, evals, precision)
     if not distributed.is_writer():  # one writer: rank 0 writes the checkpoint and receipt
         return ApplyResult(out=out, receipt_path=receipt_path(out), receipt=None)
     return _write(
         ws,
         request,
         manifest,
-        forget,
+        deletion,
         out,
         outcome,
         before,
@@ -267,34 +265,37 @@ def _run(
         seconds,
         options=as_plain(config),
         precision=precision,
-        statistics=statistics,
+        carried=carried,
     )
 
 
 def _task(
     ws: Workspace,
-    forget: np.ndarray,
+    deletion: Deletion,
     request: ApplyRequest,
+    hook: SavedState | None,
     precision: Precision,
     on_progress: ProgressFn,
 ) -> tuple[UnlearnTask, dict[str, Any]]:
     model = ws.load_model(None, precision)
     if precision.compile:
         model.compile()  # in place: parameter names (and the checkpoint) stay as they are
-    retain = ws.retain_rows(forget)
-    rng = np.random.default_rng(request.seed)
-    sample = np.sort(rng.choice(retain, size=min(RETAIN_SAMPLE, len(retain)), replace=False))
-    batch = ws.spec.recipe.batch_size
+    forget, retain = deletion.forget, deletion.retain
 
-    def loader(split: Any, rows: np.ndarray, *, shuffle: bool, size: int = batch) -> Any:
-        src = source(split, rows, spec=ws.spec.data, info=ws.info, encoder=ws.encoder)
-        return make_loader(
-            src,
-            batch_size=size,
-            shuffle=shuffle,
-            seed=request.seed,
+    def stream(rows: np.ndarray) -> Any:  # shuffled with the run's seed, the recipe's batches
+        return ws.loader(
+            ws.train,
+            rows,
             device=precision.device,
+            batch_size=ws.spec.recipe.batch_size,
+            shuffle=True,
+            seed=request.seed,
             num_workers=ws.spec.recipe.num_workers,
+        )
+
+    def reading(split: Any, rows: np.ndarray) -> Any:
+        return ws.loader(
+            split, rows, device=precision.device, num_workers=ws.spec.recipe.num_workers
         )
 
     def retrain() -> Any:
@@ -312,54 +313,38 @@ def _task(
         )
         return fresh
 
-    reference = ws.reference_rows()
+    state_file = hook.path(ws.checkpoint.path) if hook is not None else None
     task = UnlearnTask(
         model=model,
-        forget=loader(ws.train, forget, shuffle=True),
-        retain=loader(ws.train, retain, shuffle=True),
-        reference=loader(ws.heldout, reference, shuffle=False, size=EVAL_BATCH),
-        retain_eval=loader(ws.train, sample, shuffle=False, size=EVAL_BATCH),
-        forget_eval=loader(ws.train, forget, shuffle=False, size=EVAL_BATCH),
+        forget=stream(forget),
+        retain=stream(retain),
+        reference=reading(ws.heldout, deletion.reference),
+        retain_eval=reading(ws.train, deletion.retain_sample(np.random.default_rng(request.seed))),
+        forget_eval=reading(ws.train, forget),
         precision=precision,
         spec=ws.spec,
         seed=request.seed,
         n_forget=len(forget),
         n_retain=len(retain),
         guard=request.guard,
-        removed_classes=tuple(removed_classes(ws, forget)),
+        removed_classes=deletion.removed_classes,
         retrain=retrain,
-        statistics=_statistics_path(ws.checkpoint.path),
+        saved_state=state_file if state_file is not None and state_file.is_file() else None,
         on_progress=on_progress,
     )
     evals = {
         "forget": task.forget_eval,
         "retain": task.retain_eval,
-        "heldout": loader(ws.heldout, ws.evidence_rows(), shuffle=False, size=EVAL_BATCH),
+        "heldout": reading(ws.heldout, deletion.evidence),
     }
     return task, evals
 
 
-def _statistics_path(ckpt: Path) -> Path | None:
-    path = sidecar_path(ckpt)
-    return path if path.is_file() else None
-
-
-def removed_classes(ws: Workspace, forget: np.ndarray) -> list[int]:
-    """Classes all of whose remaining training rows are in the forget set (class removal)."""
-    remaining = np.setdiff1d(np.arange(len(ws.train)), ws.ledger_rows())
-    labels = ws.train.labels
-    out = []
-    for c in np.unique(labels[forget]):
-        if np.isin(remaining[labels[remaining] == c], forget).all():
-            out.append(int(c))
-    return out
-
-
 def _snapshot(
-    model: Any, ws: Workspace, forget: np.ndarray, evals: dict[str, Any], precision: Precision
+    model: Any, deletion: Deletion, evals: dict[str, Any], precision: Precision
 ) -> Snapshot:
     outputs = {name: predict(model, loader, precision=precision) for name, loader in evals.items()}
-    classes = removed_classes(ws, forget)
+    classes = list(deletion.removed_classes)
     removed = other = None
     if classes:
         mask = np.isin(outputs["heldout"].labels, classes)
@@ -377,7 +362,7 @@ def _write(
     ws: Workspace,
     request: ApplyRequest,
     manifest: Manifest,
-    forget: np.ndarray,
+    deletion: Deletion,
     out: Path,
     outcome: Outcome,
     before: Snapshot,
@@ -386,12 +371,13 @@ def _write(
     *,
     options: dict[str, Any],
     precision: Precision,
-    statistics: dict[str, Any] | None = None,
+    carried: tuple[SavedState, Any] | None = None,
 ) -> ApplyResult:
     import torch
 
+    forget = deletion.forget
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    reference_ids = tuple(ws.heldout.ids[r] for r in ws.reference_rows())
+    reference_ids = tuple(ws.heldout.ids[r] for r in deletion.reference)
     uses_reference = "reference" in get_method(request.method).info.needs
     reference_ids = reference_ids if uses_reference else ()
     provenance = Provenance(
@@ -454,12 +440,11 @@ def _write(
         else:
             staged.append(Staged(out, ckpt_io.checkpoint_bytes(state, metadata=metadata)))
             sha = staged[0].sha256  # of the bytes written, never re-read from the path
-        stats_path = sidecar_path(out)
-        stats = None
-        if statistics is not None:
-            meta = {"unforget.checkpoint_sha256": sha}
-            stats = Staged(stats_path, statistics_bytes(statistics, metadata=meta))
-            staged.append(stats)
+        state_file = None
+        if carried is not None:
+            hook, value = carried
+            state_file = Staged(hook.path(out), hook.to_bytes(value, checkpoint_sha256=sha))
+            staged.append(state_file)
         names = ws.spec.class_names or ws.info.class_names
         receipt = Receipt(
             provenance=provenance,
@@ -471,13 +456,13 @@ def _write(
             steps=outcome.steps,
             stop_reason=outcome.stop_reason,
             seconds=seconds,
-            removed_classes=tuple(names[c] for c in removed_classes(ws, forget)),
+            removed_classes=tuple(names[c] for c in deletion.removed_classes),
             method_details=outcome.details,
             reference_ids=reference_ids,
         )
         staged.append(Staged(receipt_path(out), json_bytes(receipt.as_dict())))
         checkpoint = staged[0] if ws.model_dir is None else None
-        _commit(checkpoint, stats, staged[-1], out=out, stats_path=stats_path)
+        _commit(checkpoint, state_file, staged[-1], out=out)
     except BaseException:
         for stage in staged:
             stage.discard()
@@ -491,15 +476,8 @@ def _write(
     )
 
 
-def _commit(
-    checkpoint: Staged | None,
-    stats: Staged | None,
-    receipt: Staged,
-    *,
-    out: Path,
-    stats_path: Path,
-) -> None:
-    """Make the staged files visible: checkpoint, sidecar, then receipt.
+def _commit(checkpoint: Staged | None, state: Staged | None, receipt: Staged, *, out: Path) -> None:
+    """Make the staged files visible: checkpoint, the method's state file, then receipt.
 
     A kill at any point leaves the old checkpoint and receipt, or a checkpoint whose receipt is
     missing (the old receipt is removed first, so it can never describe the new bytes), which
@@ -509,8 +487,9 @@ def _commit(
     receipt_path(out).unlink(missing_ok=True)
     if checkpoint is not None:
         checkpoint.commit()
-    if stats is not None:
-        stats.commit()
-    else:  # never leave an older sidecar beside a new checkpoint (--force overwrite)
-        stats_path.unlink(missing_ok=True)
+    if state is not None:
+        state.commit()
+    for hook in saved_states().values():  # never leave an older state file beside new weights
+        if state is None or hook.path(out) != state.target:
+            hook.path(out).unlink(missing_ok=True)
     receipt.commit()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from unforget.config.spec import (
@@ -23,7 +24,7 @@ from unforget.config.spec import (
     spec_layer_from_json,
     spec_layer_from_toml,
 )
-from unforget.data.loaders import Encoder
+from unforget.data.loaders import Batch, Encoder, rows_loader
 from unforget.data.splits import (
     InputInfo,
     Split,
@@ -33,15 +34,40 @@ from unforget.data.splits import (
     load_split,
     reference_mask,
 )
-from unforget.errors import DataError, SpecError
+from unforget.errors import DataError, SpecError, param
 from unforget.io import checkpoint as ckpt_io
 from unforget.io.cache import Deleted
 from unforget.io.checkpoint import Checkpoint
 from unforget.io.ledger import LedgerEntry, covered, entries_from_json
-from unforget.io.manifest import Manifest, canonical_ids, resolve_rows
+from unforget.io.manifest import Manifest, canonical_ids, read_manifest, resolve_rows
 from unforget.models import build_model
 from unforget.runtime.device import Precision
 from unforget.training.loop import prepare_model
+
+RETAIN_SAMPLE = 2048  # retain rows in the fixed sample accuracy is checked on
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """One deletion request resolved to rows, once, for every step that needs them.
+
+    ``forget``/``retain`` are training rows (retain = the rest minus every earlier deletion in
+    the ledger); ``reference`` are the held-out rows methods may read (∇τ's and proxy-distill's
+    reference split, recorded in the receipt), ``evidence`` the held-out rows kept for
+    evaluation and the audit. ``removed_classes``: classes all of whose remaining training rows
+    are forgotten (a class removal; a model retrained without them never predicts them).
+    """
+
+    forget: np.ndarray
+    retain: np.ndarray
+    reference: np.ndarray
+    evidence: np.ndarray
+    removed_classes: tuple[int, ...]
+
+    def retain_sample(self, rng: np.random.Generator, size: int = RETAIN_SAMPLE) -> np.ndarray:
+        """A fixed, sorted sample of the retain rows drawn from ``rng`` (cheap accuracy checks;
+        the caller's generator, so the draws that follow it stay where they were)."""
+        return np.sort(rng.choice(self.retain, size=min(size, len(self.retain)), replace=False))
 
 
 @dataclass(frozen=True)
@@ -86,6 +112,42 @@ class Workspace:
             path=manifest.path,
         )
 
+    def deletion(self, forget: np.ndarray) -> Deletion:
+        """Resolve the rows of one deletion of training rows ``forget`` (see :class:`Deletion`)."""
+        earlier = self.ledger_rows()
+        drop = np.zeros(len(self.train), dtype=bool)
+        drop[forget] = True
+        drop[earlier] = True
+        remaining = np.setdiff1d(np.arange(len(self.train)), earlier)
+        labels = self.train.labels
+        removed = tuple(
+            int(c)
+            for c in np.unique(labels[forget])
+            if np.isin(remaining[labels[remaining] == c], forget).all()
+        )
+        return Deletion(
+            forget=forget,
+            retain=np.flatnonzero(~drop),
+            reference=self.reference_rows(),
+            evidence=self.evidence_rows(),
+            removed_classes=removed,
+        )
+
+    def loader(
+        self, split: Split, rows: np.ndarray, *, device: torch.device, **options: Any
+    ) -> torch.utils.data.DataLoader[Batch]:
+        """:func:`~unforget.data.loaders.rows_loader` with this workspace's columns and encoder
+        (``options``: its batch size, shuffle, seed, workers; a reading loader by default)."""
+        return rows_loader(
+            split,
+            rows,
+            spec=self.spec.data,
+            info=self.info,
+            encoder=self.encoder,
+            device=device,
+            **options,
+        )
+
     def load_model(self, path: Path | None, precision: Precision) -> nn.Module:
         """Build the spec's architecture, load ``path`` (default: this checkpoint) into it."""
         model = build_model(
@@ -100,10 +162,7 @@ class Workspace:
 
     def retain_rows(self, forget: np.ndarray) -> np.ndarray:
         """Train rows minus ``forget`` minus everything already in the ledger."""
-        drop = np.zeros(len(self.train), dtype=bool)
-        drop[forget] = True
-        drop[self.ledger_rows()] = True
-        return np.flatnonzero(~drop)
+        return self.deletion(forget).retain
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
@@ -217,7 +276,8 @@ def open_workspace(
         raise DataError(
             f"the training split in {spec.data.path} is not the data this model was trained on "
             "(fingerprint of IDs, labels and inputs differs), so IDs could resolve to the wrong "
-            "rows; pass --accept-data-change if the change is intended (it is recorded)"
+            f"rows; pass {param('accept_data_change', True)} if the change is intended (it is "
+            "recorded)"
             + (
                 "; the checkpoint holds an older fingerprint that also changes when only the "
                 "row order changed"
@@ -244,6 +304,27 @@ def open_workspace(
         fingerprint=current,
         model_dir=model_dir,
     )
+
+
+def open_request(
+    checkpoint_path: Path,
+    manifest_path: Path,
+    *,
+    config: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    accept_data_change: bool = False,
+) -> tuple[Workspace, Manifest, np.ndarray]:
+    """What ``apply`` and ``audit`` start from: the manifest (read first: a bad list fails
+    before any data is loaded), the workspace, and the training rows the manifest names.
+
+    Raises:
+        InputError, CheckpointError, SpecError, DataError: one line each.
+    """
+    manifest = read_manifest(manifest_path)
+    ws = open_workspace(
+        checkpoint_path, config=config, flags=flags, accept_data_change=accept_data_change
+    )
+    return ws, manifest, ws.forget_rows(manifest)
 
 
 def with_data_facts(spec: RunSpec, info: InputInfo) -> RunSpec:
