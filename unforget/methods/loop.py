@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from unforget.data.loaders import Batch, to_device
-from unforget.errors import GuardRailError
+from unforget.errors import GuardRailError, InputError
 from unforget.methods.base import GuardConfig, Loader, Outcome, UnlearnTask
 from unforget.runtime.device import Precision
 from unforget.runtime.distributed import any_rank
@@ -342,3 +342,15 @@ def adamw_step(task: UnlearnTask, model: nn.Module, *, lr: float, weight_decay: 
         eager=not task.precision.compile,
     )
     return TrainStep(model, optimizer, precision=task.precision)
+
+
+def require_reference(task: UnlearnTask, method: str, *, minimum: int = 1) -> Loader:
+    """The task's held-out reference loader, or an InputError naming the method when there are
+    fewer than ``minimum`` reference rows (``data.reference_fraction`` sets how many)."""
+    rows = 0 if task.reference is None else len(task.reference.dataset)  # type: ignore[arg-type]
+    if task.reference is None or rows < minimum:
+        raise InputError(
+            f"{method} needs at least {minimum} held-out reference row(s), has {rows} "
+            "(data.reference_fraction of the held-out split)"
+        )
+    return task.reference

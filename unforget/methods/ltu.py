@@ -64,7 +64,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from unforget.errors import InputError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import (
     ReferenceStop,
@@ -76,7 +75,14 @@ from unforget.methods.common import (
     stop_problems,
     stopped_outcome,
 )
-from unforget.methods.loop import Guard, cycle, device_batch, freeze_batchnorm, require
+from unforget.methods.loop import (
+    Guard,
+    cycle,
+    device_batch,
+    freeze_batchnorm,
+    require,
+    require_reference,
+)
 from unforget.runtime.device import Precision
 from unforget.runtime.distributed import average, shard_sampler
 from unforget.runtime.progress import Tick
@@ -265,9 +271,7 @@ def _meta_loop(
     model, precision = task.model, task.precision
     meta = MetaStep.create(model, config, precision)
     retain_it, query_it = cycle(subset), cycle(task.forget)
-    if task.reference is None:
-        raise InputError("ltu needs held-out reference rows (data.reference_fraction)")
-    reference_it = cycle(task.reference)
+    reference_it = cycle(require_reference(task, "ltu"))
     forget0, reference0 = (
         device_batch(next(query_it), precision),
         device_batch(next(reference_it), precision),

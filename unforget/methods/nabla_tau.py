@@ -68,7 +68,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from unforget.errors import GuardRailError, InputError
+from unforget.errors import GuardRailError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import quantiles_at
 from unforget.methods.loop import (
@@ -79,6 +79,7 @@ from unforget.methods.loop import (
     device_batch,
     freeze_batchnorm,
     paired,
+    require_reference,
 )
 from unforget.methods.nabla_tau_paper import PAPER
 from unforget.runtime import distributed
@@ -259,11 +260,7 @@ class NablaTau:
     Config: ClassVar[type] = NablaTauConfig
 
     def run(self, task: UnlearnTask, config: NablaTauConfig) -> Outcome:
-        if task.reference is None or len(task.reference.dataset) < 10:  # type: ignore[arg-type]
-            raise InputError(
-                "nabla-tau needs at least 10 held-out reference rows "
-                "(data.reference_fraction of the held-out split)"
-            )
+        require_reference(task, self.info.name, minimum=10)
         model = task.model
         freeze_batchnorm(model)
         f_batches, r_batches = len(task.forget), len(task.retain)

@@ -35,7 +35,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from unforget.errors import InputError
 from unforget.methods.base import MethodInfo, Outcome, UnlearnTask
 from unforget.methods.loop import (
     Guard,
@@ -46,6 +45,7 @@ from unforget.methods.loop import (
     mean_loss,
     paired,
     require,
+    require_reference,
     resident,
 )
 from unforget.runtime import distributed
@@ -109,8 +109,7 @@ class NablaTauPaper:
     Config: ClassVar[type] = PaperConfig
 
     def run(self, task: UnlearnTask, config: PaperConfig) -> Outcome:
-        if task.reference is None or len(task.reference.dataset) < 1:  # type: ignore[arg-type]
-            raise InputError("nabla-tau-paper needs held-out reference rows (τ)")
+        reference = resident(require_reference(task, self.info.name))  # read at every τ
         model = task.model
         freeze_batchnorm(model)
         f_batches = len(task.forget)
@@ -120,7 +119,6 @@ class NablaTauPaper:
         alpha0 = min(alpha0, 0.999)
         train_step = adamw_step(task, model, lr=config.lr, weight_decay=config.weight_decay)
         optimizer = train_step.optimizer
-        reference = resident(task.reference)  # read at every τ measurement
         guard = Guard(model, resident(task.retain_eval), task.precision, task.guard)
         guard.start()
         taus: list[float] = []

@@ -71,7 +71,6 @@ import torch
 from torch import nn
 
 from unforget.data.loaders import Batch, RowSource, make_loader
-from unforget.errors import InputError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import quantiles_at
 from unforget.methods.loop import (
@@ -84,6 +83,7 @@ from unforget.methods.loop import (
     freeze_batchnorm,
     paired,
     require,
+    require_reference,
 )
 from unforget.runtime import distributed
 from unforget.runtime.progress import Tick
@@ -412,11 +412,7 @@ class ProxyDistill:
     Config: ClassVar[type] = ProxyDistillConfig
 
     def run(self, task: UnlearnTask, config: ProxyDistillConfig) -> Outcome:
-        if task.reference is None or len(task.reference.dataset) < 10:  # type: ignore[arg-type]
-            raise InputError(
-                "proxy-distill needs at least 10 held-out reference rows "
-                "(data.reference_fraction of the held-out split)"
-            )
+        require_reference(task, self.info.name, minimum=10)
         started = time.perf_counter()
         model = task.model
         freeze_batchnorm(model)
