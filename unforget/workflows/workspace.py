@@ -114,23 +114,17 @@ class Workspace:
 
     def deletion(self, forget: np.ndarray) -> Deletion:
         """Resolve the rows of one deletion of training rows ``forget`` (see :class:`Deletion`)."""
-        earlier = self.ledger_rows()
-        drop = np.zeros(len(self.train), dtype=bool)
-        drop[forget] = True
-        drop[earlier] = True
-        remaining = np.setdiff1d(np.arange(len(self.train)), earlier)
+        retain = self.retain_rows(forget)
         labels = self.train.labels
-        removed = tuple(
-            int(c)
-            for c in np.unique(labels[forget])
-            if np.isin(remaining[labels[remaining] == c], forget).all()
-        )
+        # a class is removed whole when no retained row has it (earlier deletions excluded)
+        removed = np.setdiff1d(np.unique(labels[forget]), np.unique(labels[retain]))
+        mask = reference_mask(self.heldout.ids, fraction=self.spec.data.reference_fraction)
         return Deletion(
             forget=forget,
-            retain=np.flatnonzero(~drop),
-            reference=self.reference_rows(),
-            evidence=self.evidence_rows(),
-            removed_classes=removed,
+            retain=retain,
+            reference=np.flatnonzero(mask),
+            evidence=np.flatnonzero(~mask),
+            removed_classes=tuple(int(c) for c in removed),
         )
 
     def loader(
@@ -162,7 +156,10 @@ class Workspace:
 
     def retain_rows(self, forget: np.ndarray) -> np.ndarray:
         """Train rows minus ``forget`` minus everything already in the ledger."""
-        return self.deletion(forget).retain
+        drop = np.zeros(len(self.train), dtype=bool)
+        drop[forget] = True
+        drop[self.ledger_rows()] = True
+        return np.flatnonzero(~drop)
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
