@@ -223,6 +223,15 @@ def train(
             "reads instead of the retain set (one more pass over the training data).",
         ),
     ] = False,
+    proxies: Annotated[
+        bool,
+        typer.Option(
+            "--proxies",
+            help="Also write <out stem>.proxies.safetensors: two cross-fitted proxies that make "
+            "later proxy-distill deletions several times faster (about half a training run "
+            "more now).",
+        ),
+    ] = False,
     force: Force = False,
     ledger_key: LedgerKeyFile = None,
     as_json: Json = False,
@@ -262,7 +271,7 @@ def train(
             force=force,
             allow_plugin=allow_plugin,
             exclude=manifest,
-            states=("pgu",) if pgu_stats else (),
+            states=(*(("pgu",) if pgu_stats else ()), *(("proxy-distill",) if proxies else ())),
             on_progress=tick,
         )
     if as_json:
@@ -283,6 +292,9 @@ def report_json(report: Any) -> dict[str, Any]:
         "heldout": report.heldout.as_dict(),
         "seconds": round(report.result.seconds, 3),
         "pgu_statistics": str(report.states["pgu"]) if "pgu" in report.states else None,
+        "proxies": str(report.states["proxy-distill"])
+        if "proxy-distill" in report.states
+        else None,
         "spec": as_plain(report.spec),
     }
 

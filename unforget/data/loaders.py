@@ -51,7 +51,7 @@ class RowSource(torch.utils.data.Dataset[Batch]):
         import pyarrow as pa
 
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
-        table = self.split.dataset.data.table.take(pa.array(rows))
+        table = self.split.table.take(pa.array(rows))
         x = self._inputs(table)
         y = torch.from_numpy(np.array(table.column(self.label_column).to_numpy(), np.int64))
         return x, y, torch.from_numpy(rows.copy())

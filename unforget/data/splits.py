@@ -7,6 +7,7 @@ addressed by integer position and batches are cut straight from Arrow (see
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,10 @@ from unforget.errors import DataError, collect
 
 if TYPE_CHECKING:
     import datasets
+    import pyarrow as pa
 
 InputKind = Literal["image", "tabular", "tokens", "text"]
+COMBINE_LIMIT = 2 << 30  # bytes: larger tables stay chunked (combining copies into memory)
 _EXTENSIONS = {"parquet": (".parquet",), "csv": (".csv",), "jsonl": (".jsonl", ".json")}
 
 
@@ -40,6 +43,18 @@ class Split:
     def index(self) -> dict[str, int]:
         """ID -> row position."""
         return {identifier: row for row, identifier in enumerate(self.ids)}
+
+    @functools.cached_property
+    def table(self) -> pa.Table:
+        """The split's Arrow table in one chunk, which batches are cut from.
+
+        Why: ``datasets`` writes ~1,000-row chunks, and a ``take`` across them is slow: a
+        random 128-row batch of Fashion-MNIST took 12.7 ms from the chunked table and 1.0 ms
+        from one chunk (measured), so loading was most of a training step. Combining copies
+        the table into memory once, so tables over :data:`COMBINE_LIMIT` stay as they are.
+        """
+        table = self.dataset.data.table
+        return table.combine_chunks() if table.nbytes <= COMBINE_LIMIT else table
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -80,6 +81,7 @@ class UnlearnTask:
     removed_classes: tuple[int, ...] = ()  # classes whose every remaining train row is forgotten
     retrain: Callable[[], nn.Module] | None = None
     saved_state: Path | None = None
+    checkpoint_sha256: str = ""  # of the checkpoint being unlearned: a saved state names it
     on_progress: ProgressFn = silent
 
     @property
@@ -108,6 +110,22 @@ class Method(Protocol):
     def run(self, task: UnlearnTask, config: Any) -> Outcome: ...
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What ``unforget train`` hands :meth:`SavedState.measure`: the model just trained, every
+    training row it saw (``loader``, unshuffled; ``rows``, positions in the training split) and
+    ``refit(rows, seed, epochs)``, which trains a fresh model by the same recipe on other rows
+    (a state may need models of its own, e.g. proxy-distill's unseen-data proxies)."""
+
+    model: nn.Module
+    loader: Loader
+    rows: np.ndarray
+    precision: Precision
+    spec: RunSpec
+    refit: Callable[[np.ndarray, int, int], nn.Module]
+    on_progress: ProgressFn = silent
+
+
 class SavedState(Protocol):
     """State a method keeps in a safetensors file beside a checkpoint, and how it lives on.
 
@@ -115,7 +133,7 @@ class SavedState(Protocol):
     expensive at deletion time) and must follow the checkpoint through consecutive deletions,
     updated for what each one removed, or be dropped. ``label`` names the file in messages
     ("the PGU statistics"). ``path`` is where it sits beside a checkpoint. ``measure`` computes
-    it for a freshly trained ``model`` over all its training rows (``unforget train``).
+    it for a freshly trained model (:class:`Trained`) at ``unforget train``.
     ``carry`` is called by ``apply`` BEFORE the method runs (with the weights as they were) and
     returns the state for the checkpoint the deletion will produce, or None when there is none
     to carry (no usable file: the output then has no state file). ``to_bytes`` serialises a
@@ -126,7 +144,7 @@ class SavedState(Protocol):
 
     def path(self, checkpoint: Path) -> Path: ...
 
-    def measure(self, model: nn.Module, loader: Loader, precision: Precision) -> Any: ...
+    def measure(self, trained: Trained) -> Any: ...
 
     def carry(self, task: UnlearnTask) -> Any | None: ...
 

@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from unforget.errors import CheckpointError, InputError
-from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
+from unforget.methods.base import MethodInfo, Outcome, Trained, UnlearnTask
 from unforget.methods.common import (
     ReferenceStop,
     calibrated_lr,
@@ -86,7 +86,6 @@ from unforget.methods.pgu_stats import (
     supported_layers,
     updated_statistics,
 )
-from unforget.runtime.device import Precision
 from unforget.runtime.distributed import whole
 from unforget.runtime.progress import Tick
 from unforget.training.step import TrainStep, optimizer_for
@@ -227,8 +226,8 @@ class PguStatistics:
     def path(self, checkpoint: Path) -> Path:
         return sidecar_path(checkpoint)
 
-    def measure(self, model: nn.Module, loader: Loader, precision: Precision) -> Any:
-        return compute_statistics(model, loader, precision)
+    def measure(self, trained: Trained) -> Any:
+        return compute_statistics(trained.model, trained.loader, trained.precision)
 
     def carry(self, task: UnlearnTask) -> dict[str, torch.Tensor] | None:
         return sidecar_update(task)

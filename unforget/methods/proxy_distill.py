@@ -62,7 +62,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -71,6 +71,7 @@ import torch
 from torch import nn
 
 from unforget.data.loaders import Batch, RowSource, make_loader
+from unforget.errors import CheckpointError
 from unforget.methods.base import Loader, MethodInfo, Outcome, UnlearnTask
 from unforget.methods.common import quantiles_at
 from unforget.methods.loop import (
@@ -85,9 +86,10 @@ from unforget.methods.loop import (
     require,
     require_reference,
 )
+from unforget.methods.proxy_state import UnseenProxies, load_proxies
 from unforget.runtime import distributed
 from unforget.runtime.progress import Tick
-from unforget.training.evaluate import predict
+from unforget.training.evaluate import Outputs, predict
 from unforget.training.loop import make_optimizer
 from unforget.training.step import TrainStep
 
@@ -98,6 +100,10 @@ F = nn.functional
 class ProxyDistillConfig:
     """Options of ``proxy-distill``; the defaults need no tuning per data set."""
 
+    saved_proxies: bool = field(
+        default=True,
+        metadata={"help": "use the checkpoint's cross-fitted proxies file (train --proxies)"},
+    )
     proxy_share: float = field(default=1.0, metadata={"help": "share of R the proxy trains on"})
     proxy_epochs: float | None = field(
         default=None,
@@ -329,18 +335,22 @@ class _Targets:
 
 
 def build_targets(
-    task: UnlearnTask, proxy: nn.Module, *, check_rows: int, relevel: bool
+    task: UnlearnTask, proxy: Callable[[Loader], Outputs], *, check_rows: int, relevel: bool
 ) -> tuple[_Targets, dict[str, Any]]:
-    """Per-sample targets: the proxy's prediction, optionally re-levelled (module docstring, 2)."""
+    """Per-sample targets: the proxy's prediction, optionally re-levelled (module docstring, 2).
+
+    ``proxy(loader)`` gives the unseen-data logits of each row (one apply-time proxy, or per
+    row the cross-fitted proxy that did not see it: :class:`~.proxy_state.Proxies`).
+    """
     assert task.reference is not None
     precision = task.precision
-    ref_proxy = predict(proxy, task.reference, precision=precision)
+    ref_proxy = proxy(task.reference)
     ref_orig = predict(task.model, task.reference, precision=precision)
     removed = np.asarray(task.removed_classes, dtype=np.int64)
     keep = ~np.isin(ref_orig.labels, removed)
     src = torch.from_numpy(np.sort(ref_proxy.losses()[keep])).double()
     dst = torch.from_numpy(np.sort(ref_orig.losses()[keep])).double()
-    out = predict(proxy, task.forget_eval, precision=precision)
+    out = proxy(task.forget_eval)
     logits = torch.from_numpy(out.logits).double()
     labels = torch.from_numpy(out.labels).long()
     raw = torch.from_numpy(out.losses()).double()
@@ -399,6 +409,7 @@ class _Check:
 class ProxyDistill:
     """Distil each forget sample towards a re-levelled unseen-data proxy; retain by CE."""
 
+    state: ClassVar[UnseenProxies] = UnseenProxies()
     info: ClassVar[MethodInfo] = MethodInfo(
         name="proxy-distill",
         summary="Pull each forget sample to what a model that never saw it predicts (a proxy "
@@ -416,15 +427,13 @@ class ProxyDistill:
         started = time.perf_counter()
         model = task.model
         freeze_batchnorm(model)
-        proxy_epochs = config.proxy_epochs or max(
-            1.0, config.proxy_budget * task.spec.recipe.epochs / config.proxy_share
-        )
-        proxy, proxy_steps = train_proxy(task, share=config.proxy_share, epochs=proxy_epochs)
+        predictor, proxy_info = self._proxy(task, config)
         targets, target_info = build_targets(
-            task, proxy, check_rows=config.check_rows, relevel=config.relevel
+            task, predictor, check_rows=config.check_rows, relevel=config.relevel
         )
-        del proxy
+        del predictor
         proxy_seconds = time.perf_counter() - started
+        proxy_info["seconds"] = round(proxy_seconds, 3)
         f_batches = len(task.forget)
         cap = max(1, math.floor(config.budget * task.spec.recipe.epochs * len(task.retain)))
         plan = max(1, min(config.max_forget_epochs * f_batches, cap))
@@ -492,13 +501,7 @@ class ProxyDistill:
             steps=step,
             stop_reason=reason,
             details={
-                "proxy": {
-                    "share": config.proxy_share,
-                    "epochs": round(proxy_epochs, 3),
-                    "steps": proxy_steps,
-                    "seconds": round(proxy_seconds, 3),
-                    "source": "trained at apply time on the retain set",
-                },
+                "proxy": proxy_info,
                 "targets": target_info,
                 "alpha": config.alpha,
                 "focus": config.focus,
@@ -516,6 +519,38 @@ class ProxyDistill:
                 "history": history,
             },
         )
+
+    @staticmethod
+    def _proxy(
+        task: UnlearnTask, config: ProxyDistillConfig
+    ) -> tuple[Callable[[Loader], Outputs], dict[str, Any]]:
+        """The unseen-data predictor: the checkpoint's cross-fitted proxies when their file
+        fits this checkpoint (no training now), else one proxy trained on the retain set."""
+        note = None
+        if config.saved_proxies and task.saved_state is not None:
+            try:
+                proxies = load_proxies(task, task.model)
+            except CheckpointError as exc:
+                note = f"{task.saved_state.name} not used: {exc}"
+            else:
+                saved = {"source": f"cross-fitted proxies from {task.saved_state.name}"}
+                return functools.partial(proxies.predict, precision=task.precision), {
+                    **saved,
+                    **proxies.info,
+                }
+        epochs = config.proxy_epochs or max(
+            1.0, config.proxy_budget * task.spec.recipe.epochs / config.proxy_share
+        )
+        proxy, steps = train_proxy(task, share=config.proxy_share, epochs=epochs)
+        info: dict[str, Any] = {
+            "source": "trained at apply time on the retain set",
+            "share": config.proxy_share,
+            "epochs": round(epochs, 3),
+            "steps": steps,
+        }
+        if note:
+            info["note"] = note
+        return functools.partial(predict, proxy, precision=task.precision), info
 
     @staticmethod
     def _loss(

@@ -12,8 +12,15 @@ import numpy as np
 
 from unforget import __version__
 from unforget.config.spec import RunSpec, relativise_data_path
-from unforget.data.loaders import rows_loader
-from unforget.data.splits import fingerprint, input_info, load_split, reference_mask
+from unforget.data.loaders import Encoder, rows_loader
+from unforget.data.splits import (
+    InputInfo,
+    Split,
+    fingerprint,
+    input_info,
+    load_split,
+    reference_mask,
+)
 from unforget.errors import DataError, InputError
 from unforget.io.checkpoint import (
     KEY_LEDGER,
@@ -27,7 +34,7 @@ from unforget.io.fileio import atomic_write, refuse_existing
 from unforget.io.ledger import entries_to_json, load_or_create_key, new_entry
 from unforget.io.manifest import Manifest, canonical_ids, resolve_rows
 from unforget.methods import get_method
-from unforget.methods.base import SavedState, saved_state
+from unforget.methods.base import SavedState, Trained, saved_state
 from unforget.runtime import distributed
 from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
@@ -161,16 +168,21 @@ def train_checkpoint(
     meta: dict[str, Any] = {KEY_SPEC: stored.to_json(), KEY_PROVENANCE: provenance, **extra_meta}
     if ledger:
         meta[KEY_LEDGER] = entries_to_json(ledger)
+    measured = measure_states(
+        hooks,
+        model=model,
+        split=train,
+        rows=all_rows,
+        spec=spec,
+        info=info,
+        encoder=encoder,
+        precision=precision,
+        allow_plugin=allow_plugin,
+        on_progress=on_progress,
+    )
     writer = distributed.is_writer()  # under torchrun only rank 0 writes
     sha = save_checkpoint(out, state_dict_cpu(model), metadata=meta, force=force) if writer else ""
-    written = {}
-    for name, hook in hooks.items() if writer else ():
-        loader = rows_loader(
-            train, all_rows, spec=spec.data, info=info, encoder=encoder, device=precision.device
-        )
-        state = hook.measure(model, loader, precision)
-        written[name] = hook.path(out)
-        atomic_write(written[name], hook.to_bytes(state, checkpoint_sha256=sha))
+    written = write_states(hooks, measured, out=out, sha256=sha) if writer else {}
     return TrainReport(
         out=out,
         sha256=sha,
@@ -181,6 +193,103 @@ def train_checkpoint(
         states=written,
         ledger_key_created=key_created,
     )
+
+
+def measure_states(
+    hooks: dict[str, SavedState],
+    *,
+    model: Any,
+    split: Split,
+    rows: np.ndarray,
+    spec: RunSpec,
+    info: InputInfo,
+    encoder: Encoder | None,
+    precision: Precision,
+    allow_plugin: bool,
+    on_progress: ProgressFn,
+) -> dict[str, Any]:
+    """Each hook's state for ``model`` trained on ``rows`` of ``split``.
+
+    Measured before anything is written (a failure leaves no checkpoint without its states)
+    and on every rank (a state may train models of its own, under torchrun too).
+    """
+
+    def refit(fold: np.ndarray, seed: int, epochs: int) -> Any:
+        recipe = dataclasses.replace(spec.recipe, epochs=epochs)
+        fresh, _ = fit(
+            spec.replace(recipe=recipe),
+            split=split,
+            rows=fold,
+            info=info,
+            precision=precision,
+            seed=seed,
+            encoder=encoder,
+            allow_plugin=allow_plugin,
+            on_progress=on_progress,
+            task="proxy",
+        )
+        return fresh
+
+    measured = {}
+    for name, hook in hooks.items():
+        loader = rows_loader(
+            split, rows, spec=spec.data, info=info, encoder=encoder, device=precision.device
+        )
+        trained = Trained(model, loader, rows, precision, spec, refit, on_progress)
+        measured[name] = hook.measure(trained)
+    return measured
+
+
+def write_states(
+    hooks: dict[str, SavedState], measured: dict[str, Any], *, out: Path, sha256: str
+) -> dict[str, Path]:
+    """Write each measured state beside ``out``, tied to its weights' SHA-256."""
+    written = {}
+    for name, hook in hooks.items():
+        written[name] = hook.path(out)
+        atomic_write(written[name], hook.to_bytes(measured[name], checkpoint_sha256=sha256))
+    return written
+
+
+def add_states(
+    ckpt: Path,
+    states: tuple[str, ...],
+    *,
+    precision: Precision,
+    force: bool = False,
+    on_progress: ProgressFn = silent,
+) -> dict[str, Path]:
+    """Write saved states beside an existing checkpoint (``unforget prepare``).
+
+    Measured on the rows the checkpoint's weights stand for: its training rows minus every
+    deletion in its ledger, so an unlearned checkpoint gets states that never saw a deleted row.
+
+    Raises:
+        InputError: a name is not a method that keeps state.
+        OutputExistsError: a state file exists and ``force`` is off.
+    """
+    from unforget.workflows.workspace import open_workspace
+
+    hooks = _state_hooks(states)
+    for hook in hooks.values():
+        refuse_existing(hook.path(ckpt), force=force)
+    ws = open_workspace(ckpt)
+    rows = np.setdiff1d(np.arange(len(ws.train), dtype=np.int64), ws.ledger_rows())
+    measured = measure_states(
+        hooks,
+        model=ws.load_model(None, precision),
+        split=ws.train,
+        rows=rows,
+        spec=ws.spec,
+        info=ws.info,
+        encoder=ws.encoder,
+        precision=precision,
+        allow_plugin=ws.allow_plugin,
+        on_progress=on_progress,
+    )
+    if not distributed.is_writer():
+        return {}
+    return write_states(hooks, measured, out=ckpt, sha256=ws.checkpoint.sha256)
 
 
 def _state_hooks(names: tuple[str, ...]) -> dict[str, SavedState]:

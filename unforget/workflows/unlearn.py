@@ -330,6 +330,7 @@ def _task(
         removed_classes=deletion.removed_classes,
         retrain=retrain,
         saved_state=state_file if state_file is not None and state_file.is_file() else None,
+        checkpoint_sha256=ws.checkpoint.sha256,
         on_progress=on_progress,
     )
     evals = {
