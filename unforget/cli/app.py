@@ -281,6 +281,64 @@ def train(
     _key_notice(report.ledger_key_created, quiet=quiet or as_json)
 
 
+@app.command(
+    epilog="Example:\n\n  unforget prepare --ckpt model.safetensors --proxies --json",
+)
+def prepare(
+    ckpt_arg: CkptArg = None,
+    ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint (.safetensors).")] = None,
+    proxies: Annotated[
+        bool,
+        typer.Option(
+            "--proxies",
+            help="Write <stem>.proxies.safetensors, what train --proxies writes.",
+        ),
+    ] = False,
+    pgu_stats: Annotated[
+        bool,
+        typer.Option(
+            "--pgu-stats", help="Write <stem>.pgu.safetensors, what train --pgu-stats writes."
+        ),
+    ] = False,
+    device: Device = "auto",
+    force: Force = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write the saved states of methods beside an existing checkpoint (no new weights).
+
+    For checkpoints trained without --proxies / --pgu-stats: the states are measured on the
+    rows the weights stand for (training rows minus every deletion in the ledger).
+    """
+    from unforget.errors import InputError
+    from unforget.workflows.train import add_states
+
+    ckpt = _one_ckpt(ckpt_arg, ckpt)
+    states = (*(("proxy-distill",) if proxies else ()), *(("pgu",) if pgu_stats else ()))
+    if not states:
+        raise InputError("name what to write: --proxies and/or --pgu-stats")
+    with _progress(not quiet and not as_json) as tick:
+        written = add_states(
+            ckpt, states, precision=_precision(device), force=force, on_progress=tick
+        )
+    paths = {
+        "proxies": written.get("proxy-distill"),
+        "pgu_statistics": written.get("pgu"),
+    }
+    if as_json:
+        _emit_json(
+            {
+                "schema": "unforget.prepare/1",
+                "ckpt": str(ckpt),
+                **{key: str(path) if path else None for key, path in paths.items()},
+            }
+        )
+    elif not quiet:
+        for path in written.values():
+            _console().print(f"wrote {path}")
+
+
 def report_json(report: Any) -> dict[str, Any]:
     from unforget.config.options import as_plain
 

@@ -123,6 +123,7 @@ class ProxyDistillConfig:
     )
     lr: float = field(default=1e-3, metadata={"help": "AdamW lr of the distillation"})
     lr_end: float = field(default=0.1, metadata={"help": "final lr as a fraction of lr"})
+    warmup: float = field(default=0.0, metadata={"help": "share of the plan the lr warms up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_forget_epochs: int = field(default=40, metadata={"help": "cap on passes over F"})
     min_forget_epochs: int = field(
@@ -152,6 +153,8 @@ class ProxyDistillConfig:
             problems.append("focus must be in [0, 4]")
         if self.lr <= 0:
             problems.append("lr must be > 0")
+        if not 0 <= self.warmup < 1:
+            problems.append("warmup must be in [0, 1)")
         if not 0 < self.lr_end <= 1 or self.weight_decay < 0:
             problems.append("lr_end must be in (0, 1] and weight_decay >= 0")
         if self.max_forget_epochs < 1 or self.min_forget_epochs < 0 or self.budget <= 0:
@@ -220,6 +223,16 @@ def distill_term(logits: torch.Tensor, q: torch.Tensor, *, focus: float = 0.0) -
 
 
 # --- the run -------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, plan: int, config: ProxyDistillConfig) -> float:
+    """The lr factor of ``step`` (1-based) of ``plan``: a linear warm-up over ``warmup`` of the
+    plan (a fresh AdamW's first steps are its largest, and they hit retain accuracy), then a
+    linear decay from 1 to ``lr_end`` at the end of the plan."""
+    warm = math.ceil(config.warmup * plan)
+    if step <= warm:
+        return step / (warm + 1)
+    return 1 - (1 - config.lr_end) * (step - 1 - warm) / max(1, plan - warm)
 
 
 def reinitialised(model: nn.Module, seed: int) -> nn.Module:
@@ -454,7 +467,7 @@ class ProxyDistill:
         check_seconds = 0.0  # the checks (evaluations) alone
         for step, (f_batch, r_batch) in enumerate(paired(task.forget, task.retain, steps=plan), 1):
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * lr_scale * (1 - (1 - config.lr_end) * (step - 1) / plan)
+                group["lr"] = config.lr * lr_scale * lr_at(step, plan, config)
             tick = time.perf_counter()
             train_step(
                 functools.partial(
