@@ -9,6 +9,7 @@ scales them; that keeps host-to-device copies 4x smaller and lets pinned memory 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,9 +52,15 @@ class RowSource(torch.utils.data.Dataset[Batch]):
         import pyarrow as pa
 
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
-        table = self.split.table.take(pa.array(rows))
-        x = self._inputs(table)
-        y = torch.from_numpy(np.array(table.column(self.label_column).to_numpy(), np.int64))
+        y = torch.from_numpy(self.split.labels[rows])  # the label column, read once by the split
+        images = (
+            self.split.images(self.columns[0], self.info.shape)
+            if self.info.kind == "image"
+            else None
+        )
+        if images is not None:
+            return torch.from_numpy(images[rows]), y, torch.from_numpy(rows.copy())
+        x = self._inputs(self.split.table.take(pa.array(rows)))
         return x, y, torch.from_numpy(rows.copy())
 
     def _inputs(self, table: pa.Table) -> torch.Tensor:
@@ -152,6 +159,20 @@ def make_loader(
     )
 
 
+def with_rows(loader: torch.utils.data.DataLoader[Batch], rows: np.ndarray) -> Any:
+    """``loader`` (a reading loader over a :class:`RowSource`) over other ``rows`` of its split,
+    in the given order, with the same batch size and memory pinning."""
+    dataset = loader.dataset
+    assert isinstance(dataset, RowSource), "with_rows needs a RowSource loader"
+    return torch.utils.data.DataLoader(
+        dataclasses.replace(dataset, rows=np.asarray(rows, dtype=np.int64)),
+        batch_size=loader.batch_size,
+        shuffle=False,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+    )
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """Move a batch (non-blocking from pinned memory) and scale uint8 images to [0, 1] floats."""
     x, y, rows = batch
@@ -176,6 +197,16 @@ def _images(column: pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
     if array.ndim == 3:
         return np.array(array[:, None], copy=True, order="C")
     return np.array(array.transpose(0, 3, 1, 2), copy=True, order="C")
+
+
+def fixed_shape_images(
+    column: pa.ChunkedArray, shape: tuple[int, ...], limit: int
+) -> np.ndarray | None:
+    """A whole fixed-shape image column as (N, C, H, W) uint8, or None when the column holds
+    encoded images or would take more than ``limit`` bytes (see :meth:`Split.images`)."""
+    if not hasattr(column.type, "shape") or len(column) * int(np.prod(shape)) > limit:
+        return None
+    return _images(column, shape)
 
 
 def _decode_images(items: list[dict[str, Any]]) -> np.ndarray:

@@ -56,6 +56,21 @@ class Split:
         table = self.dataset.data.table
         return table.combine_chunks() if table.nbytes <= COMBINE_LIMIT else table
 
+    def images(self, column: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The whole image column as one (N, C, H, W) uint8 array, decoded once and kept.
+
+        Only for fixed-shape array columns (``Array2D``/``Array3D``: Fashion-MNIST, CIFAR) of
+        at most :data:`COMBINE_LIMIT` bytes; None otherwise (encoded images, large splits),
+        and batches are then cut from :attr:`table`. Indexing it costs ~0.1 ms a 128-row batch
+        against ~1 ms for an Arrow ``take`` plus conversion (measured on Fashion-MNIST).
+        """
+        cache: dict[str, np.ndarray | None] = self.__dict__.setdefault("_images", {})
+        if column not in cache:
+            from unforget.data.loaders import fixed_shape_images
+
+            cache[column] = fixed_shape_images(self.table.column(column), shape, COMBINE_LIMIT)
+        return cache[column]
+
 
 @dataclass(frozen=True)
 class InputInfo:

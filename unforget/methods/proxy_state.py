@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from unforget.data.loaders import RowSource, with_rows
 from unforget.errors import CheckpointError
 from unforget.io.checkpoint import checkpoint_bytes, load_checkpoint
 from unforget.methods.base import Loader, Trained, UnlearnTask
@@ -73,12 +74,27 @@ class Proxies:
         """Per row, the logits of the proxy that did NOT train on it (the other fold's).
 
         Rows of another split (held-out) were seen by neither; the same hash picks one, so
-        held-out scores mix both proxies as the forget rows' do.
+        held-out scores mix both proxies as the forget rows' do. Each row is read by its one
+        proxy only (a reading loader over a :class:`RowSource`, in its order).
         """
-        outs = [predict(model, loader, precision=precision) for model in self.models]
-        other = 1 - fold_of(outs[0].rows, self.salt)
-        logits = np.where((other == 0)[:, None], outs[0].logits, outs[1].logits)
-        return Outputs(logits=logits, labels=outs[0].labels, rows=outs[0].rows)
+        dataset = loader.dataset
+        if not isinstance(dataset, RowSource) or not len(dataset):  # both read every row
+            outs = [predict(model, loader, precision=precision) for model in self.models]
+            pick = 1 - fold_of(outs[0].rows, self.salt)
+            logits = np.where((pick == 0)[:, None], outs[0].logits, outs[1].logits)
+            return Outputs(logits=logits, labels=outs[0].labels, rows=outs[0].rows)
+        pick = 1 - fold_of(dataset.rows, self.salt)
+        parts = {
+            k: predict(model, with_rows(loader, dataset.rows[pick == k]), precision=precision)
+            for k, model in enumerate(self.models)
+            if (pick == k).any()
+        }
+        first = next(iter(parts.values()))
+        logits = np.empty((len(pick), first.logits.shape[1]), dtype=first.logits.dtype)
+        labels = np.empty(len(pick), dtype=first.labels.dtype)
+        for k, out in parts.items():
+            logits[pick == k], labels[pick == k] = out.logits, out.labels
+        return Outputs(logits=logits, labels=labels, rows=dataset.rows.copy())
 
 
 class UnseenProxies:
