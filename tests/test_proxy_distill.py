@@ -84,18 +84,47 @@ def test_target_distribution_with_all_mass_on_the_true_class_spreads_the_rest() 
     assert q[0].tolist() == pytest.approx([0.5, 0.25, 0.25])
 
 
-def test_distill_term_is_zero_at_the_target_and_two_sided() -> None:
-    """KL(q ‖ p) = 0 when p = q; a prediction above OR below q's true-class level costs."""
-    q = target_distribution(t(0.5, 0.3, 0.2)[None], torch.tensor([0]), t(math.log(2))).float()
-    assert distill_term(torch.log(q), q).item() == pytest.approx(0.0, abs=1e-6)
+@pytest.mark.parametrize("match", ["distribution", "true_class"])
+def test_distill_term_is_zero_at_the_target_and_two_sided(match: str) -> None:
+    """D(q ‖ p) = 0 when p = q; a prediction above OR below q's true-class level costs."""
+    y = torch.tensor([0])
+    q = target_distribution(t(0.5, 0.3, 0.2)[None], y, t(math.log(2))).float()
+    assert distill_term(torch.log(q), q, y, match=match).item() == pytest.approx(0.0, abs=1e-6)
     for p_true in (0.9, 0.1):
         rest = (1 - p_true) / 2
         logits = torch.log(torch.tensor([[p_true, rest, rest]]))
-        assert distill_term(logits, q).item() > 0.01
+        assert distill_term(logits, q, y, match=match).item() > 0.01
         logits.requires_grad_(True)
-        distill_term(logits, q).backward()
+        distill_term(logits, q, y, match=match).backward()
         grad = logits.grad[0, 0].item()  # type: ignore[index]
         assert (grad > 0) == (p_true > 0.5)  # descent lowers a too-high p_y, raises a too-low one
+
+
+def test_true_class_match_ignores_the_split_of_the_other_classes() -> None:
+    """Only p_y is pulled: with p_y at its target, moving mass between the other classes costs
+    nothing (the distribution match charges it); the value is the two-outcome KL."""
+    y = torch.tensor([0])
+    q = torch.tensor([[0.6, 0.3, 0.1]])
+    logits = torch.log(torch.tensor([[0.6, 0.05, 0.35]]))
+    assert distill_term(logits, q, y, match="true_class").item() == pytest.approx(0.0, abs=1e-6)
+    assert distill_term(logits, q, y, match="distribution").item() > 0.1
+    logits = torch.log(torch.tensor([[0.9, 0.05, 0.05]]))
+    expected = 0.6 * math.log(0.6 / 0.9) + 0.4 * math.log(0.4 / 0.1)
+    assert distill_term(logits, q, y, match="true_class").item() == pytest.approx(
+        expected, rel=1e-5
+    )
+
+
+def test_removed_classes_get_no_target_mass() -> None:
+    """A proxy that saw a class removed whole (the cross-fitted ones saw every class) still
+    gives targets without it: its mass moves to the other classes in proportion."""
+    from unforget.methods.proxy_distill import without_classes
+
+    probs = torch.tensor([[0.5, 0.25, 0.25], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    out = without_classes(probs, np.array([0]))
+    assert out[0].tolist() == pytest.approx([0.0, 0.5, 0.5])
+    assert out[1].tolist() == [0.0, 0.0, 0.0]  # all its mass was there: left for the uniform
+    assert torch.equal(without_classes(probs, np.array([], dtype=np.int64)), probs)
 
 
 def test_proxy_share_is_deterministic_and_about_the_share() -> None:
@@ -239,15 +268,16 @@ def test_focus_keeps_the_forget_term_size_and_moves_weight_to_the_tail() -> None
     torch.manual_seed(0)
     q = torch.softmax(torch.randn(6, 4), 1)
     logits = torch.randn(6, 4)
+    y = torch.zeros(6, dtype=torch.long)
     plain = torch.nn.functional.kl_div(torch.log_softmax(logits, 1), q, reduction="batchmean")
-    assert torch.allclose(distill_term(logits, q), plain)
+    assert torch.allclose(distill_term(logits, q, y), plain)
     alike_q, alike_z = q[:1].repeat(6, 1), logits[:1].repeat(6, 1)  # six equal KLs
-    equal = distill_term(alike_z, alike_q)
-    assert torch.allclose(distill_term(alike_z, alike_q, focus=2.0), equal, rtol=1e-5)
+    equal = distill_term(alike_z, alike_q, y)
+    assert torch.allclose(distill_term(alike_z, alike_q, y, focus=2.0), equal, rtol=1e-5)
     grads = []
     for focus in (0.0, 1.0):
         z = logits.clone().requires_grad_(True)
-        distill_term(z, q, focus=focus).backward()
+        distill_term(z, q, y, focus=focus).backward()
         assert z.grad is not None
         grads.append(z.grad.norm(dim=1))
     per_row = torch.nn.functional.kl_div(torch.log_softmax(logits, 1), q, reduction="none").sum(1)

@@ -121,6 +121,13 @@ class ProxyDistillConfig:
         default="distribution",
         metadata={"help": "what is pulled to the target: distribution | true_class (p_y only)"},
     )
+    sampling: str = field(
+        default="uniform",
+        metadata={"help": "forget rows: uniform passes | priority (∝ distance to target)"},
+    )
+    priority_mix: float = field(
+        default=0.1, metadata={"help": "uniform share of the priority draws"}
+    )
     focus: float = field(
         default=0.0,
         metadata={"help": "γ: forget rows weighted by KL^γ (mean 1 a batch); 0 = uniform"},
@@ -153,6 +160,10 @@ class ProxyDistillConfig:
             problems.append("proxy_budget must be in (0, 1]")
         if not 0 < self.alpha < 1:
             problems.append("alpha must be in (0, 1)")
+        if self.sampling not in SAMPLINGS or not 0 < self.priority_mix <= 1:
+            problems.append(
+                f"sampling must be one of {', '.join(SAMPLINGS)}, priority_mix in (0, 1]"
+            )
         if self.match not in MATCHES:
             problems.append(f"match must be one of {', '.join(MATCHES)}")
         if not 0 <= self.focus <= 4:
@@ -224,6 +235,7 @@ def target_distribution(
 
 
 MATCHES = ("distribution", "true_class")
+SAMPLINGS = ("uniform", "priority")
 
 
 def row_divergence(
@@ -264,11 +276,61 @@ def distill_term(
     the audit's upper-tail test reads (RUM's point, Zhao et al., NeurIPS 2024: spend unlearning
     effort where memorisation is). γ = 0 is the plain mean.
     """
-    per_row = row_divergence(logits, q, labels, match=match)
+    return focused_mean(row_divergence(logits, q, labels, match=match), focus)
+
+
+def focused_mean(per_row: torch.Tensor, focus: float) -> torch.Tensor:
+    """mean_i w_i · D_i with w_i ∝ D_i^γ (detached, mean 1); γ = 0: the plain mean."""
     if focus == 0:
         return per_row.mean()
     weight = per_row.detach().clamp_min(1e-12) ** focus
     return (weight / weight.mean() * per_row).mean()
+
+
+class PriorityStream:
+    """Forget batches drawn with probability ∝ each row's divergence from its target.
+
+    Why: after the first steps most forget rows sit at their targets (typical samples, which
+    an unseen-data model predicts as confidently as the original) and their gradient is ~0;
+    the leak the audit reads is in the rest, the memorised tail (Zhao et al., RUM, NeurIPS
+    2024: unlearning effort belongs where memorisation is). Drawing rows with probability
+    (1 − mix)·D_i/ΣD + mix/|F| (with replacement) spends the steps there; the ``mix`` share
+    keeps every row visited, so rows that drift from their targets are caught. D starts as
+    the original model's divergence and is refreshed from the training steps' own forward
+    passes (no extra forward), applied at the checks so that no step waits on the device.
+    Under torchrun each rank draws its own batch with its own generator.
+    """
+
+    def __init__(self, loader: Loader, priority: torch.Tensor, *, mix: float, seed: int) -> None:
+        dataset = loader.dataset
+        assert isinstance(dataset, RowSource)
+        self.dataset, self.batch_size, self.mix = dataset, int(loader.batch_size or 1), mix
+        self.rows = torch.from_numpy(dataset.rows).long()
+        self.priority = priority.detach().double().cpu().clone()  # dense by row id
+        self.generator = torch.Generator().manual_seed(seed + 7919 * distributed.world().rank)
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            d = self.priority[self.rows].clamp_min(0)
+            total = float(d.sum())
+            weights = (1 - self.mix) * d / total + self.mix / len(d) if total > 0 else None
+            if weights is None:
+                weights = torch.ones(len(d), dtype=torch.float64)
+            picks = torch.multinomial(
+                weights, self.batch_size, replacement=True, generator=self.generator
+            )
+            yield self.dataset.__getitems__(picks.tolist())
+
+    def record(self, rows: torch.Tensor, divergence: torch.Tensor) -> None:
+        """Keep a step's per-row divergences (on the device) until :meth:`refresh`."""
+        self.pending.append((rows, divergence.detach()))
+
+    def refresh(self) -> None:
+        """Apply the recorded divergences (the one host read, at a check)."""
+        for rows, divergence in self.pending:
+            self.priority[rows.cpu()] = divergence.double().cpu()
+        self.pending.clear()
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -389,12 +451,18 @@ class _Targets:
     q: torch.Tensor  # (max_row + 1, C)
     loss: torch.Tensor  # (max_row + 1,) target loss t
     check_rows: torch.Tensor  # fixed forget rows for the fit check
+    divergence: torch.Tensor  # (max_row + 1,) the original model's D to its target, host
     removed_share: float
     check_loader: Loader | None = None  # just those rows (the first of the evaluation order)
 
 
 def build_targets(
-    task: UnlearnTask, proxy: Callable[[Loader], Outputs], *, check_rows: int, relevel: bool
+    task: UnlearnTask,
+    proxy: Callable[[Loader], Outputs],
+    *,
+    check_rows: int,
+    relevel: bool,
+    match: str = "distribution",
 ) -> tuple[_Targets, dict[str, Any]]:
     """Per-sample targets: the proxy's prediction, optionally re-levelled (module docstring, 2).
 
@@ -417,15 +485,20 @@ def build_targets(
     is_removed = torch.from_numpy(np.isin(out.labels, removed))
     loss = torch.where(is_removed, raw, loss)
     q = target_distribution(probs, labels, loss)
+    start = predict(task.model, task.forget_eval, precision=precision)  # same rows, same order
+    divergence = row_divergence(torch.from_numpy(start.logits), q, labels, match=match)
     size = int(out.rows.max()) + 1
     rows = torch.from_numpy(out.rows).long()
     dense_q = torch.zeros(size, q.shape[1], dtype=torch.float32)
     dense_q[rows] = q.float()
     dense_loss = torch.zeros(size, dtype=torch.float32)
     dense_loss[rows] = loss.float()
+    dense_divergence = torch.zeros(size, dtype=torch.float64)
+    dense_divergence[rows] = divergence
     targets = _Targets(
         q=dense_q.to(precision.device),
         loss=dense_loss.to(precision.device),
+        divergence=dense_divergence,
         check_rows=rows[:check_rows],
         removed_share=float(is_removed.float().mean()),
         check_loader=first_rows(task.forget_eval, check_rows),
@@ -488,7 +561,11 @@ class ProxyDistill:
         freeze_batchnorm(model)
         predictor, proxy_info = self._proxy(task, config)
         targets, target_info = build_targets(
-            task, predictor, check_rows=config.check_rows, relevel=config.relevel
+            task,
+            predictor,
+            check_rows=config.check_rows,
+            relevel=config.relevel,
+            match=config.match,
         )
         del predictor
         proxy_seconds = time.perf_counter() - started
@@ -511,7 +588,15 @@ class ProxyDistill:
         reason, step = "plan_complete_best_kept", 0
         step_seconds, step_samples = 0.0, 0  # the steps alone, without the checks
         check_seconds = 0.0  # the checks (evaluations) alone
-        for step, (f_batch, r_batch) in enumerate(paired(task.forget, task.retain, steps=plan), 1):
+        stream = None
+        if config.sampling == "priority" and isinstance(task.forget.dataset, RowSource):
+            stream = PriorityStream(
+                task.forget, targets.divergence, mix=config.priority_mix, seed=task.seed
+            )
+        forget_stream: Any = stream if stream is not None else task.forget
+        for step, (f_batch, r_batch) in enumerate(
+            paired(forget_stream, task.retain, steps=plan), 1
+        ):
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_scale * lr_at(step, plan, config)
             tick = time.perf_counter()
@@ -526,6 +611,7 @@ class ProxyDistill:
                     alpha=config.alpha,
                     focus=config.focus,
                     match=config.match,
+                    stream=stream,
                 )
             )
             step_seconds += time.perf_counter() - tick
@@ -536,6 +622,8 @@ class ProxyDistill:
             # the check: the only host syncs (the loss since the last check, then evaluations)
             tick = time.perf_counter()
             checked_loss(train_step, guard, step=step, method=self.info.name)
+            if stream is not None:
+                stream.refresh()
             check = self._check(task, evals, targets, step, norm=norm, match=config.match)
             check_seconds += time.perf_counter() - tick
             history.append(check.as_dict())
@@ -623,6 +711,7 @@ class ProxyDistill:
         alpha: float,
         focus: float,
         match: str,
+        stream: PriorityStream | None = None,
     ) -> torch.Tensor:
         """One paired step's loss; forget and retain rows in one forward pass (eval mode)."""
         xf, _ = device_batch(f_batch, task.precision)
@@ -631,8 +720,10 @@ class ProxyDistill:
         logits = model(torch.cat([xr, xf])).float()
         retain = F.cross_entropy(logits[: len(yr)], yr)
         yf = f_batch[1].to(task.precision.device, non_blocking=True)
-        forget = distill_term(logits[len(yr) :], targets.q[rows], yf, focus=focus, match=match)
-        return alpha * forget + (1 - alpha) * retain
+        per_row = row_divergence(logits[len(yr) :], targets.q[rows], yf, match=match)
+        if stream is not None:
+            stream.record(rows, per_row)
+        return alpha * focused_mean(per_row, focus) + (1 - alpha) * retain
 
     @staticmethod
     @torch.no_grad()
