@@ -44,10 +44,11 @@ import numpy as np
 from unforget.config.spec import merge_spec, spec_layer_from_toml
 from unforget.io.checkpoint import load_checkpoint
 from unforget.io.manifest import read_manifest
+from unforget.methods.proxy_state import proxy_path
 from unforget.runtime.device import precision_for, resolve_device
 from unforget.workflows.audit import AuditRequest, run_audit
 from unforget.workflows.bench import BenchConfig, prepare_data
-from unforget.workflows.train import train_checkpoint
+from unforget.workflows.train import add_states, train_checkpoint
 from unforget.workflows.unlearn import ApplyRequest, apply
 from unforget.workflows.workspace import open_workspace, resolve_spec
 
@@ -304,6 +305,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="recompute rows kept from a run")
+    parser.add_argument(
+        "--proxies",
+        action="store_true",
+        help="write the original's cross-fitted proxies once (unforget prepare --proxies)",
+    )
     parser.add_argument("--refs", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=10, help="recipe epochs (fashion-mnist)")
     parser.add_argument("--out", type=Path, default=Path("eval"))
@@ -317,6 +323,10 @@ def main() -> None:
         if args.data == "fashion-mnist"
         else SAMPLE / "model.safetensors"
     )
+    if args.proxies and not proxy_path(original).is_file():
+        start = time.perf_counter()
+        add_states(original, ("proxy-distill",), precision=CPU)
+        print(f"proxies written in {time.perf_counter() - start:.1f} s", flush=True)
     settings = (args.settings or DEFAULT_SETTINGS[args.data]).split(",")
     methods = [m for m in args.methods.split(",") if m]
 

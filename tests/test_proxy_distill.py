@@ -283,3 +283,27 @@ def test_focus_keeps_the_forget_term_size_and_moves_weight_to_the_tail() -> None
     per_row = torch.nn.functional.kl_div(torch.log_softmax(logits, 1), q, reduction="none").sum(1)
     far, near = int(per_row.argmax()), int(per_row.argmin())
     assert grads[1][far] / grads[1][near] > grads[0][far] / grads[0][near]
+
+
+def test_priority_stream_draws_where_the_targets_are_unmet(tiny_ckpt: Path) -> None:
+    """Rows are drawn ∝ (1 − mix)·D/ΣD + mix/|F|: a row far from its target is drawn far more
+    often than rows at theirs, every row keeps the mix share, and recorded divergences replace
+    the priorities only at :meth:`refresh` (no host read between checks)."""
+    from unforget.methods.proxy_distill import PriorityStream
+    from unforget.workflows.workspace import open_workspace
+
+    ws = open_workspace(tiny_ckpt)
+    rows = np.arange(100, 200)
+    loader = ws.loader(ws.train, rows, device=CPU.device, batch_size=50)
+    priority = torch.zeros(200, dtype=torch.float64)
+    priority[150] = 1.0  # one row far from its target, the other 99 at theirs
+    stream = PriorityStream(loader, priority, mix=0.1, seed=0)
+    drawn = np.concatenate([batch[2].numpy() for _, batch in zip(range(40), stream, strict=False)])
+    assert len(drawn) == 2000 and set(drawn) <= set(rows)
+    share = float((drawn == 150).mean())
+    assert 0.85 < share < 0.95  # 0.9 + 0.1/100 expected
+    assert len(set(drawn)) > 60  # the mix share still reaches the others
+    stream.record(torch.tensor([150, 120]), torch.tensor([0.0, 2.0]))
+    assert stream.priority[150] == 1.0  # not applied before the check
+    stream.refresh()
+    assert stream.priority[150] == 0.0 and stream.priority[120] == 2.0 and not stream.pending

@@ -112,6 +112,9 @@ class ProxyDistillConfig:
     proxy_budget: float = field(
         default=0.15, metadata={"help": "proxy cost as a share of the recipe's training"}
     )
+    temperature: float = field(
+        default=1.0, metadata={"help": "the proxy's softmax temperature for the targets"}
+    )
     relevel: bool = field(
         default=False,
         metadata={"help": "map proxy losses onto the original's held-out losses (quantiles)"},
@@ -164,6 +167,8 @@ class ProxyDistillConfig:
             problems.append(
                 f"sampling must be one of {', '.join(SAMPLINGS)}, priority_mix in (0, 1]"
             )
+        if not 0.1 <= self.temperature <= 10:
+            problems.append("temperature must be in [0.1, 10]")
         if self.match not in MATCHES:
             problems.append(f"match must be one of {', '.join(MATCHES)}")
         if not 0 <= self.focus <= 4:
@@ -463,6 +468,7 @@ def build_targets(
     check_rows: int,
     relevel: bool,
     match: str = "distribution",
+    temperature: float = 1.0,
 ) -> tuple[_Targets, dict[str, Any]]:
     """Per-sample targets: the proxy's prediction, optionally re-levelled (module docstring, 2).
 
@@ -479,7 +485,8 @@ def build_targets(
     dst = torch.from_numpy(np.sort(ref_orig.losses()[keep])).double()
     out = proxy(task.forget_eval)
     labels = torch.from_numpy(out.labels).long()
-    probs = without_classes(torch.softmax(torch.from_numpy(out.logits).double(), 1), removed)
+    logits = torch.from_numpy(out.logits).double() / temperature
+    probs = without_classes(torch.softmax(logits, 1), removed)
     raw = -probs.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-6).log()
     loss = quantile_map(raw, src, dst) if relevel and src.numel() else raw
     is_removed = torch.from_numpy(np.isin(out.labels, removed))
@@ -566,6 +573,7 @@ class ProxyDistill:
             check_rows=config.check_rows,
             relevel=config.relevel,
             match=config.match,
+            temperature=config.temperature,
         )
         del predictor
         proxy_seconds = time.perf_counter() - started
