@@ -41,7 +41,16 @@ def test_version(runner: CliRunner) -> None:
 
 
 def test_the_command_list_is_what_the_tests_cover() -> None:
-    assert set(COMMANDS) == {"train", "inspect", "export-hf", "apply", "audit", "methods", "bench"}
+    assert set(COMMANDS) == {
+        "train",
+        "prepare",
+        "inspect",
+        "export-hf",
+        "apply",
+        "audit",
+        "methods",
+        "bench",
+    }
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

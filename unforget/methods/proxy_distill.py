@@ -113,7 +113,7 @@ class ProxyDistillConfig:
         default=0.15, metadata={"help": "proxy cost as a share of the recipe's training"}
     )
     temperature: float = field(
-        default=1.0, metadata={"help": "the proxy's softmax temperature for the targets"}
+        default=1.5, metadata={"help": "the proxy's softmax temperature for the targets"}
     )
     relevel: bool = field(
         default=False,
@@ -125,7 +125,7 @@ class ProxyDistillConfig:
         metadata={"help": "what is pulled to the target: distribution | true_class (p_y only)"},
     )
     sampling: str = field(
-        default="uniform",
+        default="priority",
         metadata={"help": "forget rows: uniform passes | priority (∝ distance to target)"},
     )
     priority_mix: float = field(
@@ -135,16 +135,16 @@ class ProxyDistillConfig:
         default=0.0,
         metadata={"help": "γ: forget rows weighted by KL^γ (mean 1 a batch); 0 = uniform"},
     )
-    lr: float = field(default=1e-3, metadata={"help": "AdamW lr of the distillation"})
+    lr: float = field(default=3e-3, metadata={"help": "AdamW lr of the distillation"})
     lr_end: float = field(default=0.1, metadata={"help": "final lr as a fraction of lr"})
-    warmup: float = field(default=0.0, metadata={"help": "share of the plan the lr warms up"})
+    warmup: float = field(default=0.1, metadata={"help": "share of the plan the lr warms up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_forget_epochs: int = field(default=40, metadata={"help": "cap on passes over F"})
     min_forget_epochs: int = field(
-        default=15, metadata={"help": "floor on passes over F (large forget sets)"}
+        default=1, metadata={"help": "floor on passes over F (large forget sets)"}
     )
     budget: float = field(
-        default=0.25, metadata={"help": "cap on paired steps, in recipe epochs of R batches"}
+        default=0.05, metadata={"help": "cap on paired steps, in recipe epochs of R batches"}
     )
     fit_tolerance: float = field(
         default=0.1, metadata={"help": "stop when KL to targets < this share of its start"}
@@ -241,6 +241,7 @@ def target_distribution(
 
 MATCHES = ("distribution", "true_class")
 SAMPLINGS = ("uniform", "priority")
+CHECKS = 8  # checks per plan: the fit, brake and stop decisions, priority refreshes
 
 
 def row_divergence(
@@ -582,7 +583,7 @@ class ProxyDistill:
         cap = max(1, math.floor(config.budget * task.spec.recipe.epochs * len(task.retain)))
         plan = max(1, min(config.max_forget_epochs * f_batches, cap))
         plan = max(plan, min(config.min_forget_epochs, config.max_forget_epochs) * f_batches)
-        check_every = max(1, min(plan // 4, max(f_batches, plan // 20)))
+        check_every = max(1, math.ceil(plan / CHECKS))
         train_step = adamw_step(task, model, lr=config.lr, weight_decay=config.weight_decay)
         optimizer = train_step.optimizer
         evals = EvalSets.of(task, forget=targets.check_loader)
