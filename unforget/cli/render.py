@@ -114,9 +114,10 @@ def assessment_lines(a: Any) -> list[str]:
     )
     lines = {
         "like_unseen": f"The forget set now looks like unseen data: {numbers}.",
-        "remembered": f"WARNING: the forget set still looks like training data: {numbers}. "
-        "The model has not forgotten it yet; re-run apply on the original checkpoint with a "
-        "stronger setting (e.g. the default --method proxy-distill, or --method retrain).",
+        "remembered": f"WARNING: the forget set may still look like training data: {numbers}. "
+        "Accuracy is a coarse sign; audit the result (unforget audit), and if it does not "
+        "PASS re-run apply on the original checkpoint with a longer loop (--set budget=0.2) "
+        "or --method retrain.",
         "over_forgotten": f"WARNING: the forget set now looks less familiar than unseen data: "
         f"{numbers}. Such over-forgetting is itself detectable (audit FAIL-OVER); re-run "
         "apply on the original checkpoint with a gentler setting (e.g. a lower --set lr=...).",
