@@ -51,7 +51,7 @@ What runs (every choice is recorded in the receipt's ``method_details``):
    steps and the rest, the memorised tail, gets the steps (RUM, Zhao et al., NeurIPS 2024).
 4. Checks on fixed samples (the first ``check_rows`` forget rows, the fixed retain sample and V),
    ``CHECKS`` per plan: a brake halves the lr (to at least 1/8) when retain or reference
-   accuracy falls more than ``max_accuracy_drop`` (5 points) below its start and is released
+   accuracy falls more than ``max_accuracy_drop`` (10 points) below its start and is released
    (doubled back, up to 1) once it has recovered to within half of that. Stop rule
    (``target_reached``): the mean divergence on the check rows has fallen below
    ``fit_tolerance`` of its start and retain / reference accuracy are within
@@ -59,6 +59,10 @@ What runs (every choice is recorded in the receipt's ``method_details``):
    of paired steps (between ``min_forget_epochs`` and ``max_forget_epochs`` passes' worth of
    forget batches) and the checked state with the smallest (fit + accuracy drop) is kept.
    Model selection never reads forget-set accuracy and never the audit's evidence rows.
+   Why 10 points: on the sample (a model that memorised its rows, 99.4 % retain accuracy) the
+   short loop takes retain accuracy to ~95 %, and a 5-point brake then held the lr at 1/8 for
+   most of the plan (8 brakes): the quick start's 20 % PASSed in 2 of 3 seeds; with 10 points,
+   0–1 brakes, 3 of 3 (+0.005 / +0.013 / +0.008) and higher retain accuracy (94–95 %).
 
 Both loops (the proxy's and the distillation) update through
 :class:`~unforget.training.step.TrainStep` and read the loss on the host only at checks. Under
@@ -163,7 +167,7 @@ class ProxyDistillConfig:
         default=0.1, metadata={"help": "stop when KL to targets < this share of its start"}
     )
     settle_tolerance: float = field(default=0.015, metadata={"help": "accuracy within start"})
-    max_accuracy_drop: float = field(default=0.05, metadata={"help": "drop that brakes the lr"})
+    max_accuracy_drop: float = field(default=0.1, metadata={"help": "drop that brakes the lr"})
     check_rows: int = field(default=512, metadata={"help": "forget rows in the fixed check"})
 
     def __post_init__(self) -> None:
