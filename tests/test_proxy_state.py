@@ -126,6 +126,7 @@ def test_apply_uses_the_proxies_and_never_carries_them(
     proxy = receipt.method_details["proxy"]
     assert proxy["source"] == f"cross-fitted proxies from {proxy_path(out).name}"
     assert proxy["folds"] == 2 and proxy["train_seconds"] > 0
+    assert receipt.method_details["sampling"] == "priority"  # the default's forget draws
     # this small model barely memorised (forget 0.79 vs held-out 0.81): the contract is the
     # default's, forget accuracy at held-out level afterwards
     assert abs(receipt.after.forget.accuracy - receipt.after.heldout.accuracy) <= 0.03

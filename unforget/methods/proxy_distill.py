@@ -680,6 +680,7 @@ class ProxyDistill:
                 "targets": target_info,
                 "alpha": config.alpha,
                 "focus": config.focus,
+                "sampling": "priority" if stream is not None else "uniform",
                 "planned_steps": plan,
                 "check_every": check_every,
                 "kept_step": best_step if reason != "target_reached" else step,
