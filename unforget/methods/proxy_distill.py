@@ -321,38 +321,59 @@ class PriorityStream:
     keeps every row visited, so rows that drift from their targets are caught. D starts as
     the original model's divergence and is refreshed from the training steps' own forward
     passes (no extra forward), applied at the checks so that no step waits on the device.
-    Under torchrun each rank draws its own batch with its own generator.
+    Under torchrun every rank draws the same global batch (one generator, the run's seed) and
+    keeps its share (rank r: draws r, r + W, …), and the refresh combines every rank's records
+    (a row drawn several times since the last check gets the mean of its values), so all
+    ranks hold the same priorities, close to those of one process.
     """
 
     def __init__(self, loader: Loader, priority: torch.Tensor, *, mix: float, seed: int) -> None:
         dataset = loader.dataset
         assert isinstance(dataset, RowSource)
-        self.dataset, self.batch_size, self.mix = dataset, int(loader.batch_size or 1), mix
+        self.dataset, self.mix = dataset, mix
+        self.batch_size = distributed.global_batch_size(loader)
         self.rows = torch.from_numpy(dataset.rows).long()
         self.priority = priority.detach().double().cpu().clone()  # dense by row id
-        self.generator = torch.Generator().manual_seed(seed + 7919 * distributed.world().rank)
+        self.generator = torch.Generator().manual_seed(seed)
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __iter__(self) -> Iterator[Batch]:
+        current = distributed.world()
         while True:
             d = self.priority[self.rows].clamp_min(0)
             total = float(d.sum())
-            weights = (1 - self.mix) * d / total + self.mix / len(d) if total > 0 else None
-            if weights is None:
+            if total > 0:
+                weights = (1 - self.mix) * d / total + self.mix / len(d)
+            else:
                 weights = torch.ones(len(d), dtype=torch.float64)
             picks = torch.multinomial(
                 weights, self.batch_size, replacement=True, generator=self.generator
             )
-            yield self.dataset.__getitems__(picks.tolist())
+            yield self.dataset.__getitems__(picks[current.rank :: current.size].tolist())
 
     def record(self, rows: torch.Tensor, divergence: torch.Tensor) -> None:
         """Keep a step's per-row divergences (on the device) until :meth:`refresh`."""
         self.pending.append((rows, divergence.detach()))
 
     def refresh(self) -> None:
-        """Apply the recorded divergences (the one host read, at a check)."""
+        """Apply the recorded divergences (combined over ranks; the one host read, at a check)."""
+        if not self.pending:
+            return
+        if distributed.world().size == 1:  # in step order: a row's latest value stands
+            for rows, divergence in self.pending:
+                self.priority[rows.cpu()] = divergence.double().cpu()
+            self.pending.clear()
+            return
+        device = self.pending[0][1].device
+        size = len(self.priority)
+        sums = torch.zeros(size, dtype=torch.float64, device=device)
+        counts = torch.zeros(size, dtype=torch.float64, device=device)
         for rows, divergence in self.pending:
-            self.priority[rows.cpu()] = divergence.double().cpu()
+            sums.index_add_(0, rows.to(device), divergence.double())
+            counts.index_add_(0, rows.to(device), torch.ones_like(divergence, dtype=torch.float64))
+        sums, counts = distributed.average(sums).cpu(), distributed.average(counts).cpu()
+        seen = counts > 0
+        self.priority[seen] = sums[seen] / counts[seen]
         self.pending.clear()
 
 
