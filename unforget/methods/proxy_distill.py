@@ -322,9 +322,8 @@ class PriorityStream:
     the original model's divergence and is refreshed from the training steps' own forward
     passes (no extra forward), applied at the checks so that no step waits on the device.
     Under torchrun every rank draws the same global batch (one generator, the run's seed) and
-    keeps its share (rank r: draws r, r + W, …), and the refresh combines every rank's records
-    (a row drawn several times since the last check gets the mean of its values), so all
-    ranks hold the same priorities, close to those of one process.
+    keeps its share (rank r: draws r, r + W, …), and the refresh takes each row's latest value
+    over all ranks' records, so every rank holds the priorities one process would.
     """
 
     def __init__(self, loader: Loader, priority: torch.Tensor, *, mix: float, seed: int) -> None:
@@ -335,7 +334,8 @@ class PriorityStream:
         self.rows = torch.from_numpy(dataset.rows).long()
         self.priority = priority.detach().double().cpu().clone()  # dense by row id
         self.generator = torch.Generator().manual_seed(seed)
-        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.recorded = 0  # steps recorded so far
 
     def __iter__(self) -> Iterator[Batch]:
         current = distributed.world()
@@ -352,28 +352,31 @@ class PriorityStream:
             yield self.dataset.__getitems__(picks[current.rank :: current.size].tolist())
 
     def record(self, rows: torch.Tensor, divergence: torch.Tensor) -> None:
-        """Keep a step's per-row divergences (on the device) until :meth:`refresh`."""
-        self.pending.append((rows, divergence.detach()))
+        """Keep a step's per-row divergences (on the device) until :meth:`refresh`, each with
+        its place in the global draw (step, then position), so the latest value wins."""
+        current = distributed.world()
+        places = torch.arange(current.rank, self.batch_size, current.size)[: len(rows)]
+        self.pending.append((rows, divergence.detach(), self.recorded * self.batch_size + places))
+        self.recorded += 1
 
     def refresh(self) -> None:
-        """Apply the recorded divergences (combined over ranks; the one host read, at a check)."""
+        """Apply the recorded divergences, a row's latest value standing (the one host read,
+        at a check). Under torchrun the latest value of each row over all ranks' records
+        (a max-reduce of places, then a sum of the winning values): one process's result."""
         if not self.pending:
             return
-        if distributed.world().size == 1:  # in step order: a row's latest value stands
-            for rows, divergence in self.pending:
-                self.priority[rows.cpu()] = divergence.double().cpu()
-            self.pending.clear()
-            return
-        device = self.pending[0][1].device
         size = len(self.priority)
-        sums = torch.zeros(size, dtype=torch.float64, device=device)
-        counts = torch.zeros(size, dtype=torch.float64, device=device)
-        for rows, divergence in self.pending:
-            sums.index_add_(0, rows.to(device), divergence.double())
-            counts.index_add_(0, rows.to(device), torch.ones_like(divergence, dtype=torch.float64))
-        sums, counts = distributed.average(sums).cpu(), distributed.average(counts).cpu()
-        seen = counts > 0
-        self.priority[seen] = sums[seen] / counts[seen]
+        latest = torch.full((size,), -1, dtype=torch.float64)
+        value = torch.zeros(size, dtype=torch.float64)
+        for rows, divergence, places in self.pending:  # in step order
+            latest[rows.cpu()] = places.double()
+            value[rows.cpu()] = divergence.double().cpu()
+        if distributed.world().size > 1:
+            winner = distributed.reduce(latest, "max")
+            value = distributed.reduce(torch.where(latest == winner, value, 0.0), "sum")
+            latest = winner
+        seen = latest >= 0
+        self.priority[seen] = value[seen]
         self.pending.clear()
 
 

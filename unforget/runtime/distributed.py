@@ -118,6 +118,18 @@ def maximum(value: float) -> float:
     return float(out.item())
 
 
+def reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    """``tensor`` reduced elementwise over ranks (``op``: "sum" or "max"), the same on every
+    rank, on this tensor's device and dtype; ``tensor`` itself when not distributed."""
+    if not _initialised():
+        return tensor
+    import torch.distributed as dist
+
+    out = tensor.to(_collective_device(), copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return out.to(tensor.device)
+
+
 def all_ranks(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on all of them (e.g. a file every node has)."""
     return not any_rank(not flag)
