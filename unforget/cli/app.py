@@ -271,7 +271,7 @@ def train(
             force=force,
             allow_plugin=allow_plugin,
             exclude=manifest,
-            states=(*(("pgu",) if pgu_stats else ()), *(("proxy-distill",) if proxies else ())),
+            states=_states(pgu_stats=pgu_stats, proxies=proxies),
             on_progress=tick,
         )
     if as_json:
@@ -315,28 +315,35 @@ def prepare(
     from unforget.workflows.train import add_states
 
     ckpt = _one_ckpt(ckpt_arg, ckpt)
-    states = (*(("proxy-distill",) if proxies else ()), *(("pgu",) if pgu_stats else ()))
+    states = _states(pgu_stats=pgu_stats, proxies=proxies)
     if not states:
         raise InputError("name what to write: --proxies and/or --pgu-stats")
     with _progress(not quiet and not as_json) as tick:
         written = add_states(
             ckpt, states, precision=_precision(device), force=force, on_progress=tick
         )
-    paths = {
-        "proxies": written.get("proxy-distill"),
-        "pgu_statistics": written.get("pgu"),
-    }
     if as_json:
-        _emit_json(
-            {
-                "schema": "unforget.prepare/1",
-                "ckpt": str(ckpt),
-                **{key: str(path) if path else None for key, path in paths.items()},
-            }
-        )
+        _emit_json({"schema": "unforget.prepare/1", "ckpt": str(ckpt), **_state_paths(written)})
     elif not quiet:
         for path in written.values():
             _console().print(f"wrote {path}")
+
+
+# The flags that name a method's saved state (train, prepare) and their JSON keys.
+_STATE_FLAGS = {"pgu_stats": ("pgu", "pgu_statistics"), "proxies": ("proxy-distill", "proxies")}
+
+
+def _states(**flags: bool) -> tuple[str, ...]:
+    """The methods whose saved state the given flags ask for, in a fixed order."""
+    return tuple(method for flag, (method, _) in _STATE_FLAGS.items() if flags.get(flag))
+
+
+def _state_paths(written: dict[str, Path]) -> dict[str, str | None]:
+    """Each state's JSON key -> the file written for it, or None."""
+    return {
+        key: str(written[method]) if method in written else None
+        for method, key in _STATE_FLAGS.values()
+    }
 
 
 def report_json(report: Any) -> dict[str, Any]:
@@ -349,10 +356,7 @@ def report_json(report: Any) -> dict[str, Any]:
         "train": report.train.as_dict(),
         "heldout": report.heldout.as_dict(),
         "seconds": round(report.result.seconds, 3),
-        "pgu_statistics": str(report.states["pgu"]) if "pgu" in report.states else None,
-        "proxies": str(report.states["proxy-distill"])
-        if "proxy-distill" in report.states
-        else None,
+        **_state_paths(report.states),
         "spec": as_plain(report.spec),
     }
 

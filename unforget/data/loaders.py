@@ -38,7 +38,6 @@ class RowSource(torch.utils.data.Dataset[Batch]):
     split: Split
     rows: np.ndarray
     columns: tuple[str, ...]
-    label_column: str
     info: InputInfo
     encoder: Encoder | None = None
 
@@ -90,7 +89,6 @@ def source(
         split=split,
         rows=np.asarray(rows, dtype=np.int64),
         columns=tuple(spec.input_columns),
-        label_column=spec.label_column,
         info=info,
         encoder=encoder,
     )

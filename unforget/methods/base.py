@@ -123,7 +123,6 @@ class Trained:
     precision: Precision
     spec: RunSpec
     refit: Callable[[np.ndarray, int, int], nn.Module]
-    on_progress: ProgressFn = silent
 
 
 class SavedState(Protocol):

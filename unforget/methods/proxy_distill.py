@@ -498,7 +498,7 @@ class _Targets:
     q: torch.Tensor  # (max_row + 1, C)
     loss: torch.Tensor  # (max_row + 1,) target loss t
     check_rows: torch.Tensor  # fixed forget rows for the fit check
-    divergence: torch.Tensor  # (max_row + 1,) the original model's D to its target, host
+    divergence: torch.Tensor | None  # (max_row + 1,) the original's D to its target, host
     removed_share: float
     check_loader: Loader | None = None  # just those rows (the first of the evaluation order)
 
@@ -509,13 +509,15 @@ def build_targets(
     *,
     check_rows: int,
     relevel: bool,
-    match: str = "distribution",
+    match: str | None = None,
     temperature: float = 1.0,
 ) -> tuple[_Targets, dict[str, Any]]:
     """Per-sample targets: the proxy's prediction, optionally re-levelled (module docstring, 2).
 
     ``proxy(loader)`` gives the unseen-data logits of each row (one apply-time proxy, or per
-    row the cross-fitted proxy that did not see it: :class:`~.proxy_state.Proxies`).
+    row the cross-fitted proxy that did not see it: :class:`~.proxy_state.Proxies`). With
+    ``match`` the original model's divergence of each row from its target (``match``'s
+    :func:`row_divergence`) is measured too, for the priority draws (one more pass over F).
     """
     assert task.reference is not None
     precision = task.precision
@@ -534,20 +536,21 @@ def build_targets(
     is_removed = torch.from_numpy(np.isin(out.labels, removed))
     loss = torch.where(is_removed, raw, loss)
     q = target_distribution(probs, labels, loss)
-    start = predict(task.model, task.forget_eval, precision=precision)  # same rows, same order
-    divergence = row_divergence(torch.from_numpy(start.logits), q, labels, match=match)
     size = int(out.rows.max()) + 1
     rows = torch.from_numpy(out.rows).long()
     dense_q = torch.zeros(size, q.shape[1], dtype=torch.float32)
     dense_q[rows] = q.float()
     dense_loss = torch.zeros(size, dtype=torch.float32)
     dense_loss[rows] = loss.float()
-    dense_divergence = torch.zeros(size, dtype=torch.float64)
-    dense_divergence[rows] = divergence
+    divergence = None
+    if match is not None:
+        start = predict(task.model, task.forget_eval, precision=precision)  # same rows, order
+        divergence = torch.zeros(size, dtype=torch.float64)
+        divergence[rows] = row_divergence(torch.from_numpy(start.logits), q, labels, match=match)
     targets = _Targets(
         q=dense_q.to(precision.device),
         loss=dense_loss.to(precision.device),
-        divergence=dense_divergence,
+        divergence=divergence,
         check_rows=rows[:check_rows],
         removed_share=float(is_removed.float().mean()),
         check_loader=first_rows(task.forget_eval, check_rows),
@@ -610,12 +613,13 @@ class ProxyDistill:
         model = task.model
         freeze_batchnorm(model)
         predictor, proxy_info = self._proxy(task, config)
+        priority = config.sampling == "priority" and isinstance(task.forget.dataset, RowSource)
         targets, target_info = build_targets(
             task,
             predictor,
             check_rows=config.check_rows,
             relevel=config.relevel,
-            match=config.match,
+            match=config.match if priority else None,
             temperature=config.temperature,
         )
         del predictor
@@ -640,7 +644,7 @@ class ProxyDistill:
         step_seconds, step_samples = 0.0, 0  # the steps alone, without the checks
         check_seconds = 0.0  # the checks (evaluations) alone
         stream = None
-        if config.sampling == "priority" and isinstance(task.forget.dataset, RowSource):
+        if priority and targets.divergence is not None:
             stream = PriorityStream(
                 task.forget, targets.divergence, mix=config.priority_mix, seed=task.seed
             )
@@ -733,16 +737,14 @@ class ProxyDistill:
             except CheckpointError as exc:
                 note = f"{task.saved_state.name} not used: {exc}"
             else:
-                saved = {"source": f"cross-fitted proxies from {task.saved_state.name}"}
-                return functools.partial(proxies.predict, precision=task.precision), {
-                    **saved,
-                    **proxies.info,
-                }
+                source = f"cross-fitted proxies from {task.saved_state.name}"
+                info = {"source": source, **proxies.info}
+                return functools.partial(proxies.predict, precision=task.precision), info
         epochs = config.proxy_epochs or max(
             1.0, config.proxy_budget * task.spec.recipe.epochs / config.proxy_share
         )
         proxy, steps = train_proxy(task, share=config.proxy_share, epochs=epochs)
-        info: dict[str, Any] = {
+        info = {
             "source": "trained at apply time on the retain set",
             "share": config.proxy_share,
             "epochs": round(epochs, 3),

@@ -235,7 +235,7 @@ def measure_states(
         loader = rows_loader(
             split, rows, spec=spec.data, info=info, encoder=encoder, device=precision.device
         )
-        trained = Trained(model, loader, rows, precision, spec, refit, on_progress)
+        trained = Trained(model, loader, rows, precision, spec, refit)
         measured[name] = hook.measure(trained)
     return measured
 
