@@ -24,6 +24,7 @@ from unforget.methods.proxy_distill import (
     ProxyDistillConfig,
     _in_share,
     distill_term,
+    plan_steps,
     quantile_map,
     target_distribution,
 )
@@ -150,6 +151,22 @@ def test_config_problems_are_reported_together() -> None:
         ProxyDistillConfig(proxy_share=0, alpha=1.5, lr=-1)
     assert "proxy_share" in str(err.value) and "alpha" in str(err.value)
     assert "lr" in str(err.value)
+
+
+def test_plan_grows_with_what_there_is_to_undo_within_its_bounds() -> None:
+    """Passes = ⌈10 · D₀⌉: a memorising model's forget set (D₀ ≈ 1.6) gets 17 passes, a model
+    that generalises (D₀ ≈ 0.32) 4; the budget cap, the step floor and the pass bounds hold."""
+    c = ProxyDistillConfig()
+    assert plan_steps(1.607, forget_batches=19, cap=600, config=c) == (323, 17)
+    assert plan_steps(1.607, forget_batches=10, cap=340, config=c) == (200, 17)  # the floor
+    assert plan_steps(0.3215, forget_batches=141, cap=329, config=c) == (329, 4)  # the cap
+    assert plan_steps(0.327, forget_batches=5, cap=30, config=c) == (30, 4)  # cap over floor
+    assert plan_steps(13.6, forget_batches=47, cap=10_000, config=c) == (40 * 47, 40)
+    assert plan_steps(0.0, forget_batches=47, cap=422, config=c) == (200, 1)
+    by_caps = ProxyDistillConfig(passes_per_divergence=0, min_steps=1)
+    assert plan_steps(0.32, forget_batches=5, cap=500, config=by_caps) == (200, 40)
+    floor = ProxyDistillConfig(min_forget_epochs=3)
+    assert plan_steps(0.05, forget_batches=141, cap=329, config=floor) == (423, 3)
 
 
 # --- nabla-tau-paper ------------------------------------------------------------------------------
