@@ -157,17 +157,17 @@ class ProxyDistillConfig:
     lr_end: float = field(default=0.1, metadata={"help": "final lr as a fraction of lr"})
     warmup: float = field(default=0.1, metadata={"help": "share of the plan the lr warms up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    passes_per_divergence: float = field(
-        default=10.0,
-        metadata={"help": "passes over F per nat of the original's divergence from its targets"},
-    )
     min_steps: int = field(default=200, metadata={"help": "floor on paired steps"})
     max_forget_epochs: int = field(default=40, metadata={"help": "cap on passes over F"})
     min_forget_epochs: int = field(
         default=1, metadata={"help": "floor on passes over F (large forget sets)"}
     )
     budget: float = field(
-        default=0.1, metadata={"help": "cap on paired steps, in recipe epochs of R batches"}
+        default=0.1,
+        metadata={
+            "help": "effort: 100·budget passes over F per nat of divergence, "
+            "at most budget recipe-epochs of paired steps"
+        },
     )
     fit_tolerance: float = field(
         default=0.1, metadata={"help": "stop when KL to targets < this share of its start"}
@@ -202,8 +202,8 @@ class ProxyDistillConfig:
             problems.append("warmup must be in [0, 1)")
         if not 0 < self.lr_end <= 1 or self.weight_decay < 0:
             problems.append("lr_end must be in (0, 1] and weight_decay >= 0")
-        if not 0 <= self.passes_per_divergence <= 1000 or self.min_steps < 1:
-            problems.append("passes_per_divergence must be in [0, 1000] and min_steps >= 1")
+        if self.min_steps < 1:
+            problems.append("min_steps must be >= 1")
         if self.max_forget_epochs < 1 or self.min_forget_epochs < 0 or self.budget <= 0:
             problems.append("need max_forget_epochs >= 1, min_forget_epochs >= 0, budget > 0")
         if not 0 < self.fit_tolerance < 1 or self.check_rows < 1:
@@ -267,6 +267,7 @@ def target_distribution(
 MATCHES = ("distribution", "true_class")
 SAMPLINGS = ("uniform", "priority")
 CHECKS = 8  # checks per plan: the fit, brake and stop decisions, priority refreshes
+PASSES_PER_NAT = 10  # passes over F per nat of the original's divergence, at budget 0.1
 
 
 def row_divergence(
@@ -406,24 +407,24 @@ def plan_steps(
 ) -> tuple[int, int]:
     """Paired steps to plan, and the passes over F they were sized by.
 
-    passes = ⌈``passes_per_divergence`` · D₀⌉ within [``min_forget_epochs``,
-    ``max_forget_epochs``], D₀ the original model's mean divergence from its targets on the check
-    rows: how much there is to undo. A model that memorised its rows starts far from what an
-    unseen model predicts and needs more passes than one that generalises (measured at T = 1.5:
-    D₀ ≈ 1.5–1.6 nats on the shipped sample, whose model has 99.4 % training accuracy, ≈ 0.32 on
-    full Fashion-MNIST at 1–30 %; 3 seeds each: the sample's 10 % over-forgot at 36 passes and
-    PASSed 3/3 at 17 and at 20, its 20 % PASSed 3/3 at 16 and fell short at 8, full
+    passes = ⌈``PASSES_PER_NAT`` · (``budget`` / 0.1) · D₀⌉ within [``min_forget_epochs``,
+    ``max_forget_epochs``], D₀ the original model's mean divergence from its targets on the
+    check rows: how much there is to undo. ``budget`` scales the passes and the cap together,
+    so ``--set budget=0.2`` is twice the loop. A model that memorised its rows starts far from
+    what an unseen model predicts and needs more passes than one that generalises (measured at
+    T = 1.5: D₀ ≈ 1.5–1.6 nats on the shipped sample, whose model has 99.4 % training accuracy,
+    ≈ 0.32 on full Fashion-MNIST at 1–30 %; 3 seeds each: the sample's 10 % over-forgot at 36
+    passes and PASSed 3/3 at 17 and at 20, its 20 % PASSed 3/3 at 16 and fell short at 8, full
     Fashion-MNIST's 10 % PASSed 2/3 at 3 passes and 3/3 at 4 and 4.5).
+
     The steps are passes × forget batches, at least ``min_steps``: the first pull costs retain
     accuracy, and recovering it takes steps whatever the size of F (full Fashion-MNIST 1 %, 5
     forget batches: retain accuracy 3.4 points under the retrain's after 50 steps, 2.4 after
     150, 2.0 after 200), at most ``cap`` (``budget`` recipe-epochs of retain batches: the cost
     bound).
-    ``passes_per_divergence = 0`` plans by the caps alone.
     """
-    passes = config.max_forget_epochs
-    if config.passes_per_divergence > 0:
-        passes = min(passes, max(1, math.ceil(config.passes_per_divergence * start_divergence)))
+    wanted = math.ceil(PASSES_PER_NAT * config.budget / 0.1 * start_divergence)
+    passes = min(config.max_forget_epochs, max(1, wanted))
     passes = max(passes, min(config.min_forget_epochs, config.max_forget_epochs))
     plan = min(passes * forget_batches, cap)
     plan = max(plan, min(config.min_steps, cap))
