@@ -114,6 +114,10 @@ from unforget.training.step import TrainStep
 F = nn.functional
 
 
+DEFAULT_BUDGET = 0.1  # recipe-epochs of paired steps at most (the cost bound), and the scale
+PASSES_PER_NAT = 10  # of the passes: over F per nat of the original's divergence, at that budget
+
+
 @dataclass(frozen=True, kw_only=True)
 class ProxyDistillConfig:
     """Options of ``proxy-distill``; the defaults need no tuning per data set."""
@@ -163,10 +167,10 @@ class ProxyDistillConfig:
         default=1, metadata={"help": "floor on passes over F (large forget sets)"}
     )
     budget: float = field(
-        default=0.1,
+        default=DEFAULT_BUDGET,
         metadata={
-            "help": "effort: 100·budget passes over F per nat of divergence, "
-            "at most budget recipe-epochs of paired steps"
+            "help": f"effort: {PASSES_PER_NAT / DEFAULT_BUDGET:g}·budget passes over F per nat "
+            "of divergence, at most budget recipe-epochs of paired steps"
         },
     )
     fit_tolerance: float = field(
@@ -267,7 +271,6 @@ def target_distribution(
 MATCHES = ("distribution", "true_class")
 SAMPLINGS = ("uniform", "priority")
 CHECKS = 8  # checks per plan: the fit, brake and stop decisions, priority refreshes
-PASSES_PER_NAT = 10  # passes over F per nat of the original's divergence, at budget 0.1
 
 
 def row_divergence(
@@ -407,15 +410,16 @@ def plan_steps(
 ) -> tuple[int, int]:
     """Paired steps to plan, and the passes over F they were sized by.
 
-    passes = ⌈``PASSES_PER_NAT`` · (``budget`` / 0.1) · D₀⌉ within [``min_forget_epochs``,
-    ``max_forget_epochs``], D₀ the original model's mean divergence from its targets on the
-    check rows: how much there is to undo. ``budget`` scales the passes and the cap together,
-    so ``--set budget=0.2`` is twice the loop. A model that memorised its rows starts far from
-    what an unseen model predicts and needs more passes than one that generalises (measured at
-    T = 1.5: D₀ ≈ 1.5–1.6 nats on the shipped sample, whose model has 99.4 % training accuracy,
-    ≈ 0.32 on full Fashion-MNIST at 1–30 %; 3 seeds each: the sample's 10 % over-forgot at 36
-    passes and PASSed 3/3 at 17 and at 20, its 20 % PASSed 3/3 at 16 and fell short at 8, full
-    Fashion-MNIST's 10 % PASSed 2/3 at 3 passes and 3/3 at 4 and 4.5).
+    passes = ⌈``PASSES_PER_NAT`` · (``budget`` / ``DEFAULT_BUDGET``) · D₀⌉ (10 · D₀ at the
+    default) within [``min_forget_epochs``, ``max_forget_epochs``], D₀ the original model's
+    mean divergence from its targets on the check rows: how much there is to undo. ``budget``
+    scales the passes and the cap together, so ``--set budget=0.2`` is twice the loop. A model
+    that memorised its rows starts far from what an unseen model predicts and needs more passes
+    than one that generalises (measured at T = 1.5: D₀ ≈ 1.5–1.6 nats on the shipped sample,
+    whose model has 99.4 % training accuracy, ≈ 0.32 on full Fashion-MNIST at 1–30 %; 3 seeds
+    each: the sample's 10 % over-forgot at 36 passes and PASSed 3/3 at 17 and at 20, its 20 %
+    PASSed 3/3 at 16 and fell short at 8 (2 of 2 seeds), full Fashion-MNIST's 10 % PASSed 2/3
+    at 3 passes and 3/3 at 4 and 4.5).
 
     The steps are passes × forget batches, at least ``min_steps``: the first pull costs retain
     accuracy, and recovering it takes steps whatever the size of F (full Fashion-MNIST 1 %, 5
@@ -423,13 +427,11 @@ def plan_steps(
     150, 2.0 after 200), at most ``cap`` (``budget`` recipe-epochs of retain batches: the cost
     bound).
     """
-    wanted = math.ceil(PASSES_PER_NAT * config.budget / 0.1 * start_divergence)
-    passes = min(config.max_forget_epochs, max(1, wanted))
-    passes = max(passes, min(config.min_forget_epochs, config.max_forget_epochs))
+    least = min(config.min_forget_epochs, config.max_forget_epochs)
+    wanted = math.ceil(PASSES_PER_NAT * config.budget / DEFAULT_BUDGET * start_divergence)
+    passes = min(config.max_forget_epochs, max(1, least, wanted))
     plan = min(passes * forget_batches, cap)
-    plan = max(plan, min(config.min_steps, cap))
-    floor = min(config.min_forget_epochs, config.max_forget_epochs) * forget_batches
-    return max(1, plan, floor), passes
+    return max(1, plan, min(config.min_steps, cap), least * forget_batches), passes
 
 
 def reinitialised(model: nn.Module, seed: int) -> nn.Module:
