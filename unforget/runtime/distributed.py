@@ -107,17 +107,6 @@ def any_rank(flag: bool) -> bool:
     return bool(value.item() > 0)
 
 
-def maximum(value: float) -> float:
-    """The largest ``value`` over ranks, the same number on every rank."""
-    if not _initialised():
-        return value
-    import torch.distributed as dist
-
-    out = torch.tensor([value], dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return float(out.item())
-
-
 def reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
     """``tensor`` reduced elementwise over ranks (``op``: "sum" or "max"), the same on every
     rank, on this tensor's device and dtype; ``tensor`` itself when not distributed."""
