@@ -381,8 +381,9 @@ class PriorityStream:
         latest = torch.full((size,), -1, dtype=torch.float64)
         value = torch.zeros(size, dtype=torch.float64)
         for rows, divergence, places in self.pending:  # in step order
-            latest[rows.cpu()] = places.double()
-            value[rows.cpu()] = divergence.double().cpu()
+            on_host = rows.cpu()
+            latest[on_host] = places.double()
+            value[on_host] = divergence.double().cpu()
         if distributed.world().size > 1:
             winner = distributed.reduce(latest, "max")
             value = distributed.reduce(torch.where(latest == winner, value, 0.0), "sum")
@@ -686,7 +687,7 @@ class ProxyDistill:
         step_seconds, step_samples = 0.0, 0  # the steps alone, without the checks
         check_seconds = 0.0  # the checks (evaluations) alone
         stream = None
-        if priority and targets.divergence is not None:
+        if targets.divergence is not None:  # measured only for priority draws
             stream = PriorityStream(
                 task.forget, targets.divergence, mix=config.priority_mix, seed=task.seed
             )

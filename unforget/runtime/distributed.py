@@ -100,11 +100,7 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on at least one (a stop or failure decision)."""
     if not _initialised():
         return flag
-    import torch.distributed as dist
-
-    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    return bool(reduce(torch.tensor([1.0 if flag else 0.0]), "max").item() > 0)
 
 
 def reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
@@ -150,11 +146,7 @@ def average(tensor: torch.Tensor) -> torch.Tensor:
     """The mean of ``tensor`` over ranks (``tensor`` itself when not distributed)."""
     if not _initialised():
         return tensor
-    import torch.distributed as dist
-
-    out = tensor.clone()
-    dist.all_reduce(out)
-    return out / dist.get_world_size()
+    return reduce(tensor, "sum") / world().size
 
 
 def agreed(*values: float) -> tuple[float, ...]:
@@ -164,11 +156,7 @@ def agreed(*values: float) -> tuple[float, ...]:
     themselves when not distributed."""
     if not _initialised():
         return values
-    import torch.distributed as dist
-
-    out = torch.tensor(values, dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(out)
-    out /= dist.get_world_size()
+    out = reduce(torch.tensor(values, dtype=torch.float64), "sum") / world().size
     return tuple(float(v) for v in out.tolist())
 
 
