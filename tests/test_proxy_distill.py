@@ -330,3 +330,33 @@ def test_priority_stream_draws_where_the_targets_are_unmet(tiny_ckpt: Path) -> N
     assert stream.priority[150] == 1.0  # not applied before the check
     stream.refresh()
     assert stream.priority[150] == 0.0 and stream.priority[120] == 2.0 and not stream.pending
+
+
+def test_original_outputs_reuse_what_the_caller_measured() -> None:
+    """The original's outputs the workflow measured for the receipt (``task.before``) are
+    used as they are; the rest (V here) is predicted, and F only when asked for."""
+    from types import SimpleNamespace
+
+    from unforget.methods.proxy_distill import original_outputs
+    from unforget.training.evaluate import predict
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    rows = torch.utils.data.TensorDataset(
+        torch.randn(10, 4), torch.randint(0, 3, (10,)), torch.arange(10)
+    )
+    loader = torch.utils.data.DataLoader(rows, batch_size=4)
+    measured = predict(model, loader, precision=CPU)
+    task = SimpleNamespace(
+        model=model,
+        precision=CPU,
+        reference=loader,
+        retain_eval=loader,
+        forget_eval=loader,
+        before={"forget": measured, "retain": measured},
+    )
+    got = original_outputs(task, forget=True)  # type: ignore[arg-type]
+    assert got["forget"] is measured and got["retain"] is measured
+    assert got["reference"] is not measured
+    assert np.array_equal(got["reference"].logits, measured.logits)
+    assert set(original_outputs(task, forget=False)) == {"reference", "retain"}  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from torch import nn
 from unforget.config.spec import RunSpec
 from unforget.runtime.device import Precision
 from unforget.runtime.progress import ProgressFn, silent
+
+if TYPE_CHECKING:
+    from unforget.training.evaluate import Outputs
 
 Need = Literal["forget", "retain", "reference", "statistics", "retrain"]
 Loader = torch.utils.data.DataLoader
@@ -64,6 +67,10 @@ class UnlearnTask:
     (:class:`SavedState`), when the method has one and the checkpoint carries it.
     ``removed_classes`` lists classes removed whole (a model retrained without them never
     predicts them), which methods may use as a stronger target than held-out behaviour.
+    ``before`` holds the input model's outputs that the caller already measured (the receipt's
+    before-snapshot): ``"forget"`` over ``forget_eval`` and ``"retain"`` over ``retain_eval``,
+    so a method that needs them does not run the same forward pass again; empty when nobody
+    measured them. Never the audit's evidence rows.
     """
 
     model: nn.Module
@@ -83,6 +90,7 @@ class UnlearnTask:
     saved_state: Path | None = None
     checkpoint_sha256: str = ""  # of the checkpoint being unlearned: a saved state names it
     on_progress: ProgressFn = silent
+    before: dict[str, Outputs] = field(default_factory=dict)
 
     @property
     def forget_fraction(self) -> float:

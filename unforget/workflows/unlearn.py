@@ -44,7 +44,7 @@ from unforget.methods.base import GuardConfig, Method, Outcome, SavedState, Unle
 from unforget.runtime import distributed
 from unforget.runtime.device import Precision, seed_everything
 from unforget.runtime.progress import ProgressFn, silent
-from unforget.training.evaluate import predict, score
+from unforget.training.evaluate import Outputs, predict, score
 from unforget.training.loop import fit
 from unforget.workflows.workspace import Deletion, Workspace, open_request
 
@@ -239,7 +239,10 @@ def _run(
     seed_everything(request.seed)
     hook = saved_state(method)
     task, evals = _task(ws, deletion, request, hook, precision, on_progress)
-    before = _snapshot(task.model, deletion, evals, precision)
+    outputs = _predict(task.model, evals, precision)
+    before = _snapshot(outputs, deletion)
+    # the method may reuse what was just measured on its own rows (never the evidence rows)
+    task = dataclasses.replace(task, before={k: outputs[k] for k in ("forget", "retain")})
     # A method's saved state follows the checkpoint, measured with the weights BEFORE the run.
     carried = (hook, state) if hook and (state := hook.carry(task)) is not None else None
     start = time.perf_counter()
@@ -250,7 +253,7 @@ def _run(
             f"{request.method}: the processes ended with different weights (the method does not "
             "average its gradients across ranks); nothing was written: run it without torchrun"
         )
-    after = _snapshot(outcome.model, deletion, evals, precision)
+    after = _snapshot(_predict(outcome.model, evals, precision), deletion)
     if not distributed.is_writer():  # one writer: rank 0 writes the checkpoint and receipt
         return ApplyResult(out=out, receipt_path=receipt_path(out), receipt=None)
     return _write(
@@ -341,10 +344,11 @@ def _task(
     return task, evals
 
 
-def _snapshot(
-    model: Any, deletion: Deletion, evals: dict[str, Any], precision: Precision
-) -> Snapshot:
-    outputs = {name: predict(model, loader, precision=precision) for name, loader in evals.items()}
+def _predict(model: Any, evals: dict[str, Any], precision: Precision) -> dict[str, Outputs]:
+    return {name: predict(model, loader, precision=precision) for name, loader in evals.items()}
+
+
+def _snapshot(outputs: dict[str, Outputs], deletion: Deletion) -> Snapshot:
     classes = list(deletion.removed_classes)
     removed = other = None
     if classes:
