@@ -107,6 +107,7 @@ from unforget.methods.loop import (
 )
 from unforget.methods.proxy_state import UnseenProxies, load_proxies
 from unforget.runtime import distributed
+from unforget.runtime.device import Precision
 from unforget.runtime.progress import Tick
 from unforget.training.evaluate import Outputs, predict
 from unforget.training.loop import make_optimizer
@@ -633,12 +634,17 @@ def original_outputs(task: UnlearnTask, *, forget: bool) -> dict[str, Outputs]:
     if forget:
         wanted["forget"] = task.forget_eval
     return {
-        name: task.before[name]
-        if name in task.before
-        else predict(task.model, loader, precision=task.precision)
+        name: measured_or_predicted(task.before, name, task.model, loader, task.precision)
         for name, loader in wanted.items()
         if loader is not None
     }
+
+
+def measured_or_predicted(
+    known: dict[str, Outputs], name: str, model: nn.Module, loader: Any, precision: Precision
+) -> Outputs:
+    """``known[name]`` when those outputs were already measured, else ``model`` over ``loader``."""
+    return known[name] if name in known else predict(model, loader, precision=precision)
 
 
 @dataclass
@@ -876,20 +882,14 @@ class ProxyDistill:
         before the first step): ``"forget"`` over all of F or ``"retain"``/``"reference"``
         over the check's own rows; what it lacks is predicted."""
         model, precision, known = task.model, task.precision, known or {}
-
-        def outputs(name: str, loader: Any) -> Outputs:
-            if name in known:
-                return known[name]
-            return predict(model, loader, precision=precision)
-
-        forget = outputs("forget", evals.forget)
+        forget = measured_or_predicted(known, "forget", model, evals.forget, precision)
         pick = np.isin(forget.rows, targets.check_rows.numpy())
         logits = torch.from_numpy(forget.logits[pick]).float().to(precision.device)
         rows = torch.from_numpy(forget.rows[pick]).long().to(precision.device)
         labels = torch.from_numpy(forget.labels[pick]).long().to(precision.device)
         fit = float(distill_term(logits, targets.q[rows], labels, match=match)) / norm
-        retain = outputs("retain", evals.retain)
-        reference = outputs("reference", evals.reference)
+        retain = measured_or_predicted(known, "retain", model, evals.retain, precision)
+        reference = measured_or_predicted(known, "reference", model, evals.reference, precision)
         keep = ~np.isin(reference.labels, np.asarray(task.removed_classes, dtype=np.int64))
         ref_acc = float(reference.correct()[keep].mean()) if keep.any() else float("nan")
         # every rank evaluated the same rows; agreeing on the numbers makes every decision
