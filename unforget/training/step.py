@@ -55,6 +55,13 @@ Optimisers: :func:`optimizer_for` builds ``torch.optim.SGD``/``AdamW`` whose ``s
 numbers bit for bit). The decorated ones import ``torch._dynamo`` on first use only to tell
 a ``torch.compile`` trace where to break the graph: 1.3-2 s of CPU at the start of every
 command that buys nothing in eager mode. With ``--compile`` the stock classes are used.
+
+They also run torch's multi-tensor ("foreach") update on every device that has it. On CUDA
+that is torch's own default; on CPU torch defaults to one Python loop of small ops per
+parameter, which is the same arithmetic in the same order (the weights are equal bit for bit,
+``tests/test_step.py``) but cost 1.7 ms of a 7.5 ms step of the shipped MLP at batch 128 on
+one core: ``unforget train``, the audit's references and every method's loop were spending
+about a fifth of their time there. (``fused=True`` is faster still, but rounds differently.)
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ from unforget.runtime import distributed
 from unforget.runtime.device import Precision
 
 LossFn = Callable[[], torch.Tensor]
+FOREACH_DEVICES = ("cpu", "cuda", "mps")  # where torch has the multi-tensor update kernels
 OptimizerKind = Literal["sgd", "adamw"]
 
 
@@ -90,11 +98,14 @@ def optimizer_for(
     use (see the module docstring); pass ``eager=False`` when the loop runs under
     ``torch.compile``.
     """
+    options: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+    if eager and params and params[0].device.type in FOREACH_DEVICES:
+        options["foreach"] = True  # same numbers as torch's per-parameter loop, fewer ops
     if kind == "sgd":
         cls: Any = _EAGER["sgd"] if eager else torch.optim.SGD
-        return cls(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return cls(params, momentum=momentum, **options)
     cls = _EAGER["adamw"] if eager else torch.optim.AdamW
-    return cls(params, lr=lr, weight_decay=weight_decay)
+    return cls(params, **options)
 
 
 def _eager(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
