@@ -59,9 +59,10 @@ command that buys nothing in eager mode. With ``--compile`` the stock classes ar
 They also run torch's multi-tensor ("foreach") update on every device that has it. On CUDA
 that is torch's own default; on CPU torch defaults to one Python loop of small ops per
 parameter, which is the same arithmetic in the same order (the weights are equal bit for bit,
-``tests/test_step.py``) but cost 1.7 ms of a 7.5 ms step of the shipped MLP at batch 128 on
-one core: ``unforget train``, the audit's references and every method's loop were spending
-about a fifth of their time there. (``fused=True`` is faster still, but rounds differently.)
+``tests/test_step.py``) but slower: a step of the shipped MLP at batch 128 on one core took
+7.0-7.3 ms with it against 7.8-9.7 ms without (a 10-epoch retrain of full Fashion-MNIST: 36 s
+against 42 s; docs/evidence/fashion-mnist.md, landing 7). ``fused=True`` is faster still but
+rounds differently, so it would change every trained model.
 """
 
 from __future__ import annotations
