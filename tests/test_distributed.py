@@ -276,6 +276,8 @@ def test_batchnorm_models_end_the_same_on_every_rank(
 
 
 LOOK_AHEAD = """
+import sys
+
 import torch
 from torch import nn
 from unforget.methods.common import curvature
@@ -319,7 +321,9 @@ with distributed.local():  # this rank alone, on the whole batch: what one proce
 for a, b in zip(sharded, whole):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 assert abs(lam - lam_whole) <= 1e-4 * lam_whole, (lam, lam_whole)
-print("ok", rank)
+# one write per rank: torchrun's children write unbuffered, and print() would write "ok", " ",
+# the rank and the newline separately, so two ranks' lines could interleave ("okok 0 1")
+sys.stdout.write(f"ok {rank}\\n")
 """
 
 
