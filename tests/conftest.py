@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-_HF_HOME = tempfile.mkdtemp(prefix="unforget-hf-")
+# One temp folder per test session holds the HF cache, unforget's cache and the ledger key, so
+# they never touch the user's home; it is removed when the session ends (each session used to
+# leave three folders behind, and a machine that runs the suite often filled its disk).
+_SESSION = Path(tempfile.mkdtemp(prefix="unforget-tests-"))
+atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ["HF_HOME"] = os.environ.get("UNFORGET_TEST_HF_HOME", _HF_HOME)
+os.environ["HF_HOME"] = os.environ.get("UNFORGET_TEST_HF_HOME", str(_SESSION / "hf"))
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-# Caches and the ledger key live in temp folders, never in the user's home.
-os.environ.setdefault("UNFORGET_CACHE", tempfile.mkdtemp(prefix="unforget-cache-"))
-os.environ["UNFORGET_CONFIG"] = tempfile.mkdtemp(prefix="unforget-config-")
+os.environ.setdefault("UNFORGET_CACHE", str(_SESSION / "cache"))
+os.environ["UNFORGET_CONFIG"] = str(_SESSION / "config")
 os.environ.pop("UNFORGET_LEDGER_KEY_FILE", None)
+# Child processes (the CLI, torchrun and its torchelastic_* folders) keep their temp files there.
+(_SESSION / "tmp").mkdir()
+os.environ["TMPDIR"] = str(_SESSION / "tmp")
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
