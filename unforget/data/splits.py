@@ -182,6 +182,12 @@ def fingerprint(split: Split, spec: DataSpec) -> str:
     fingerprint; a changed label, ID or image does not. Images stored as file paths (the
     ``imagefolder`` layout) are hashed by file content, not by path.
 
+    When the rows are already in ID order (sequential IDs, the usual layout) each chunk of a
+    column without nulls is a contiguous slice, copied compactly by concatenation instead of
+    gathered by ``take``: the same bytes, hence the same digest. For nested-list images the
+    gather was most of the cost (full Fashion-MNIST's training split: 0.33–0.48 s → 0.06 s,
+    paid by every command that opens a checkpoint; the rest is SHA-256 itself).
+
     If the data on disk no longer matches what a model was trained on, IDs could resolve to the
     wrong rows; comparing this against the spec's ``train_fingerprint`` catches that.
     """
@@ -189,13 +195,19 @@ def fingerprint(split: Split, spec: DataSpec) -> str:
 
     table = split.dataset.data.table
     order = np.asarray(sorted(range(len(split.ids)), key=split.ids.__getitem__), dtype=np.int64)
+    in_order = bool((order == np.arange(len(order))).all())
     digest = hashlib.sha256(FINGERPRINT_PREFIX.encode())
     for name in dict.fromkeys([spec.id_column, spec.label_column, *spec.input_columns]):
         column = table.column(name)
         digest.update(f"\0{name}\0{column.type}\0".encode())
         for start in range(0, len(order), _FINGERPRINT_CHUNK):
-            part = column.take(pa.array(order[start : start + _FINGERPRINT_CHUNK]))
-            _hash_array(digest, part.combine_chunks())
+            if in_order and not column.null_count:  # a compact copy: what ``take`` gives
+                chunks = column.slice(start, _FINGERPRINT_CHUNK).chunks
+                part = pa.concat_arrays(chunks)
+            else:
+                part = column.take(pa.array(order[start : start + _FINGERPRINT_CHUNK]))
+                part = part.combine_chunks()
+            _hash_array(digest, part)
     return FINGERPRINT_PREFIX + digest.hexdigest()
 
 
