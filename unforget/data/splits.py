@@ -200,13 +200,13 @@ def fingerprint(split: Split, spec: DataSpec) -> str:
     for name in dict.fromkeys([spec.id_column, spec.label_column, *spec.input_columns]):
         column = table.column(name)
         digest.update(f"\0{name}\0{column.type}\0".encode())
+        sliced = in_order and not column.null_count  # a compact copy: what ``take`` gives
         for start in range(0, len(order), _FINGERPRINT_CHUNK):
-            if in_order and not column.null_count:  # a compact copy: what ``take`` gives
-                chunks = column.slice(start, _FINGERPRINT_CHUNK).chunks
-                part = pa.concat_arrays(chunks)
+            if sliced:
+                part = pa.concat_arrays(column.slice(start, _FINGERPRINT_CHUNK).chunks)
             else:
-                part = column.take(pa.array(order[start : start + _FINGERPRINT_CHUNK]))
-                part = part.combine_chunks()
+                rows = pa.array(order[start : start + _FINGERPRINT_CHUNK])
+                part = column.take(rows).combine_chunks()
             _hash_array(digest, part)
     return FINGERPRINT_PREFIX + digest.hexdigest()
 
