@@ -111,7 +111,7 @@ def test_random10_forget_accuracy_reaches_heldout_level(random10: Run) -> None:
 def test_random10_heldout_and_retain_accuracy_hold(random10: Run) -> None:
     """Held-out accuracy within 2 points; retain accuracy within 5. The sample's model has
     memorised its retain rows (99.4 %) and the default's short loop (0.1 of the recipe's
-    epochs) leaves them less sure: 95.0 % measured, where an exact retrain keeps 99.4 %."""
+    epochs) leaves them less sure: 96.8 % measured, where an exact retrain keeps 99.4 %."""
     receipt = random10.result.receipt
     assert receipt is not None
     assert receipt.before.heldout.accuracy - receipt.after.heldout.accuracy <= 0.02
@@ -137,7 +137,9 @@ def test_random10_trained_only_on_forget_and_retain_rows(random10: Run, sample_d
     forget = set(ws.forget_rows(read_manifest(sample_dir / "forget_random10.txt")).tolist())
     spy = random10.spy
     assert set(spy.forget_planned.tolist()) == forget  # type: ignore[union-attr]
-    assert spy.forget_seen == forget  # every forget row was used
+    # priority draws (with replacement, a 10 % uniform share) reach nearly every forget row;
+    # a row the original already predicts like its target may go undrawn
+    assert spy.forget_seen <= forget and len(spy.forget_seen) >= 0.95 * len(forget)
     retain = set(spy.retain_planned.tolist())  # type: ignore[union-attr]
     assert retain == set(range(6000)) - forget
     assert spy.retain_seen <= retain and not spy.retain_seen & forget

@@ -8,6 +8,7 @@ forget term is mean KL(q ‖ p_θ).
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from unforget.methods.nabla_tau_paper import PaperConfig, paper_forget_epochs, p
 from unforget.methods.proxy_distill import (
     ProxyDistillConfig,
     _in_share,
+    auto_temperature,
     distill_term,
     plan_steps,
     quantile_map,
@@ -174,6 +176,18 @@ def test_plan_grows_with_what_there_is_to_undo_within_its_bounds() -> None:
 # --- nabla-tau-paper ------------------------------------------------------------------------------
 
 
+def test_auto_temperature_softens_less_the_more_each_row_is_drawn() -> None:
+    """T = 1 + 17/E, at most 3, E the plan's draws per forget row: the 200-step floor over 1 %
+    of full Fashion-MNIST (600 rows, batch 128: E ≈ 42.7) gives ≈ 1.40, the quick start's 20 %
+    of the sample (1,200 rows, batch 64, 200 steps: E ≈ 10.7) ≈ 2.59, 10 % of full
+    Fashion-MNIST (6,000 rows, 200 steps: E ≈ 4.3) the cap; never below 1, never rising."""
+    assert auto_temperature(200 * 128 / 600) == pytest.approx(1.3984, abs=1e-4)
+    assert auto_temperature(200 * 64 / 1200) == pytest.approx(2.5938, abs=1e-4)
+    assert auto_temperature(200 * 128 / 6000) == 3.0 == auto_temperature(0.0)
+    values = [auto_temperature(e) for e in np.linspace(0.5, 500, 200)]
+    assert all(a >= b for a, b in itertools.pairwise(values)) and min(values) > 1
+
+
 def test_paper_defaults_are_the_authors() -> None:
     c = PaperConfig()
     assert (c.lr, c.weight_decay, c.lr_end, c.alpha0, c.max_forget_epochs, c.tau_every) == (
@@ -233,7 +247,36 @@ def test_contract_class_removal(
     other = "heldout_other_classes"
     assert after[other]["accuracy"] >= before[other]["accuracy"] - 0.08
     if method == "proxy-distill":
-        assert receipt["method_details"]["targets"]["forget_rows_of_removed_classes"] == 600
+        details = receipt["method_details"]
+        assert details["targets"]["forget_rows_of_removed_classes"] == 600
+        # the targets the loop pulls to are softened to the plan's draws per forget row
+        assert details["temperature_from"] == "plan"
+        expected = auto_temperature(details["forget_draws_per_row"])
+        assert details["temperature"] == pytest.approx(expected, abs=1e-3)
+        assert details["targets"]["temperature"] == details["temperature"]
+
+
+def test_a_set_temperature_is_used_as_given(
+    tiny_ckpt: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    """``--set temperature=T`` fixes the targets' T: no softening from the plan, and the plan
+    is sized against those same targets."""
+    from unforget.workflows.unlearn import ApplyRequest, apply
+
+    result = apply(
+        ApplyRequest(
+            ckpt=tiny_ckpt,
+            manifest=sample_dir / "forget_random10.txt",
+            options={"temperature": "1.25", "min_steps": "20", "budget": "0.02"},
+            out=tmp_path / "u.safetensors",
+        ),
+        precision=CPU,
+    )
+    assert result.receipt is not None
+    details = result.receipt.method_details
+    assert details["temperature_from"] == "option" and details["temperature"] == 1.25
+    assert details["targets"]["temperature"] == 1.25
+    assert details["sizing_divergence"] == details["start_divergence"]
 
 
 # --- the sample (slow) ----------------------------------------------------------------------------

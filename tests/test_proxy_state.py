@@ -66,7 +66,7 @@ def test_train_writes_two_cross_fitted_proxies_tied_to_the_checkpoint(
     checkpoint = load_checkpoint(path)
     assert checkpoint.metadata["unforget.checkpoint_sha256"] == report.sha256  # type: ignore[attr-defined]
     info = checkpoint.meta_json("unforget.proxies")
-    assert info["folds"] == 2 and info["epochs"] == 2 and info["recipe_epochs"] == 4
+    assert info["folds"] == 2 and info["epochs"] == 4 and info["recipe_epochs"] == 4  # full length
     assert sum(info["rows"]) == 6000 and min(info["rows"]) > 2800
     # each proxy is a competent model on the fold it never saw (chance is 0.1)
     assert all(a > 0.7 for a in info["unseen_fold_accuracy"])
