@@ -448,11 +448,14 @@ def plan_steps(
     mean divergence from its targets on the check rows: how much there is to undo. ``budget``
     scales the passes and the cap together, so ``--set budget=0.2`` is twice the loop. A model
     that memorised its rows starts far from what an unseen model predicts and needs more passes
-    than one that generalises (measured at T = 1.5: D₀ ≈ 1.5–1.6 nats on the shipped sample,
-    whose model has 99.4 % training accuracy, ≈ 0.32 on full Fashion-MNIST at 1–30 %; 3 seeds
-    each: the sample's 10 % over-forgot at 36 passes and PASSed 3/3 at 17 and at 20, its 20 %
-    PASSed 3/3 at 16 and fell short at 8 (2 of 2 seeds), full Fashion-MNIST's 10 % PASSed 2/3
-    at 3 passes and 3/3 at 4 and 4.5).
+    than one that generalises (measured at T = 1.5 against the earlier, shorter proxies: D₀ ≈
+    1.5–1.6 nats on the shipped sample, whose model has 99.4 % training accuracy, ≈ 0.32 on
+    full Fashion-MNIST at 1–30 %; 3 seeds each: the sample's 10 % over-forgot at 36 passes and
+    PASSed 3/3 at 17 and at 20, its 20 % PASSed 3/3 at 16 and fell short at 8 (2 of 2 seeds),
+    full Fashion-MNIST's 10 % PASSed 2/3 at 3 passes and 3/3 at 4 and 4.5). Against the
+    current, longer proxies the original starts nearer: D₀ ≈ 0.62–0.78 on the sample (7–8
+    passes, the 200-step floor), ≈ 0.14 on full Fashion-MNIST (2 passes), and the targets'
+    temperature then follows the plan (:func:`auto_temperature`).
 
     The steps are passes × forget batches, at least ``min_steps``: the first pull costs retain
     accuracy, and recovering it takes steps whatever the size of F (full Fashion-MNIST 1 %, 5
