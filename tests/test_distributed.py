@@ -121,21 +121,33 @@ def test_train_on_two_processes_matches_one(runs: Runs) -> None:
     assert load_checkpoint(runs.paths["train1"]).meta_json(KEY_PROVENANCE)["world_size"] == 1
 
 
+FINISHED = {"target_reached", "plan_complete_best_kept"}  # proxy-distill's two normal ends
+
+
 def stop_kind(reason: str) -> str:
-    """``forget accuracy reached the held-out level (epoch 11: …)`` -> the part before '('."""
-    return reason.split("(")[0].strip()
+    """``forget accuracy reached the held-out level (epoch 11: …)`` -> the part before '('.
+    proxy-distill's two normal ends are one kind: which of them closes the tiny model's
+    25-step plan changes with the seed in one process (seed 0 ends the plan, seeds 1–3 reach
+    the target at step 20–24), so it says nothing about the process count."""
+    kind = reason.split("(")[0].strip()
+    return "finished" if kind in FINISHED else kind
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_apply_on_two_processes_matches_one(runs: Runs, method: str) -> None:
     """Accuracies within 1 point and the same kind of stop, except ``finetune``'s forget
     accuracy (2 points): a 600-row proportion that another batch order moves by about its
-    standard error, √(0.8·0.2/600) ≈ 1.6 points (``pgu``/``ltu`` drive it to a target)."""
+    standard error, √(0.8·0.2/600) ≈ 1.6 points (``pgu``/``ltu`` drive it to a target), and
+    ``proxy-distill``'s held-out accuracy (1.5 points): its proxy is trained at apply time
+    (3 epochs here), another batch order gives another proxy and other targets, and in one
+    process seeds 0–3 already end at 81.1–82.0 % (two processes: 80.9 %)."""
     one, two = runs.apply[method, 1], runs.apply[method, 2]
     for split in ("forget", "retain_sample", "heldout"):
         a, b = (r["metrics"]["after"][split]["accuracy"] for r in (one, two))
         noisy = method == "finetune" and split == "forget"
-        assert abs(a - b) <= (0.02 if noisy else 0.01) + 1e-9, (split, a, b)
+        seeded = method == "proxy-distill" and split == "heldout"
+        tolerance = 0.02 if noisy else 0.015 if seeded else 0.01
+        assert abs(a - b) <= tolerance + 1e-9, (split, a, b)
     assert stop_kind(one["stop_reason"]) == stop_kind(two["stop_reason"])
     assert (one["world_size"], one["backend"]) == (1, None)
     assert (two["world_size"], two["backend"]) == (2, "gloo")
