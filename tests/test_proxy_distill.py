@@ -173,9 +173,6 @@ def test_plan_grows_with_what_there_is_to_undo_within_its_bounds() -> None:
     assert plan_steps(0.05, forget_batches=141, cap=329, config=floor) == (423, 3)
 
 
-# --- nabla-tau-paper ------------------------------------------------------------------------------
-
-
 def test_auto_temperature_softens_less_the_more_each_row_is_drawn() -> None:
     """T = 1 + 17/E, at most 3, E the plan's draws per forget row: the 200-step floor over 1 %
     of full Fashion-MNIST (600 rows, batch 128: E ≈ 42.7) gives ≈ 1.40, the quick start's 20 %
@@ -186,6 +183,9 @@ def test_auto_temperature_softens_less_the_more_each_row_is_drawn() -> None:
     assert auto_temperature(200 * 128 / 6000) == 3.0 == auto_temperature(0.0)
     values = [auto_temperature(e) for e in np.linspace(0.5, 500, 200)]
     assert all(a >= b for a, b in itertools.pairwise(values)) and min(values) > 1
+
+
+# --- nabla-tau-paper ------------------------------------------------------------------------------
 
 
 def test_paper_defaults_are_the_authors() -> None:
