@@ -28,6 +28,7 @@ from unforget.methods.proxy_distill import (
     distill_term,
     plan_steps,
     quantile_map,
+    step_floor,
     target_distribution,
 )
 from unforget.runtime.device import precision_for, resolve_device
@@ -156,21 +157,29 @@ def test_config_problems_are_reported_together() -> None:
 
 
 def test_plan_grows_with_what_there_is_to_undo_within_its_bounds() -> None:
-    """Passes = ⌈10 · D₀⌉ at the default budget: a memorising model's forget set (D₀ ≈ 1.6)
-    gets 17 passes, a model that generalises (D₀ ≈ 0.32) 4; the cap, the step floor and the
-    pass bounds hold, and twice the budget is twice the passes."""
+    """Passes = ⌈5 · D₀⌉ at the default budget, the floor 200 steps for a memorising model
+    (D₀ ≥ 0.6: the shipped sample's 0.62–0.78), falling in proportion to D₀ down to 120 for
+    one that generalises (full Fashion-MNIST's 0.14); the cap and the pass bounds hold, and
+    twice the budget is twice the passes."""
     c = ProxyDistillConfig()
-    assert plan_steps(1.607, forget_batches=19, cap=600, config=c) == (323, 17)
-    assert plan_steps(1.607, forget_batches=10, cap=340, config=c) == (200, 17)  # the floor
-    assert plan_steps(0.3215, forget_batches=141, cap=329, config=c) == (329, 4)  # the cap
-    assert plan_steps(0.327, forget_batches=5, cap=30, config=c) == (30, 4)  # cap over floor
+    assert plan_steps(0.63, forget_batches=19, cap=300, config=c) == (200, 4)  # the sample
+    assert plan_steps(0.142, forget_batches=5, cap=464, config=c) == (120, 1)  # FMNIST 1 %
+    assert plan_steps(0.139, forget_batches=141, cap=328, config=c) == (141, 1)  # 30 %: a pass
+    assert plan_steps(0.45, forget_batches=5, cap=464, config=c) == (150, 3)  # floor ∝ D₀
+    assert plan_steps(1.607, forget_batches=19, cap=600, config=c) == (200, 9)
+    assert plan_steps(3.0, forget_batches=19, cap=600, config=c) == (285, 15)  # passes bind
+    assert plan_steps(0.327, forget_batches=5, cap=30, config=c) == (30, 2)  # cap over floor
     assert plan_steps(13.6, forget_batches=47, cap=10_000, config=c) == (40 * 47, 40)
-    assert plan_steps(0.0, forget_batches=47, cap=422, config=c) == (200, 1)
+    assert plan_steps(0.0, forget_batches=47, cap=422, config=c) == (120, 1)
     twice = ProxyDistillConfig(budget=0.2)  # twice the passes (and the cap, set by the caller)
-    assert plan_steps(0.3215, forget_batches=141, cap=658, config=twice) == (658, 7)
-    assert plan_steps(1.607, forget_batches=19, cap=1200, config=twice) == (627, 33)
+    assert plan_steps(0.3215, forget_batches=141, cap=658, config=twice) == (564, 4)
+    assert plan_steps(1.607, forget_batches=19, cap=1200, config=twice) == (323, 17)
     floor = ProxyDistillConfig(min_forget_epochs=3)
     assert plan_steps(0.05, forget_batches=141, cap=329, config=floor) == (423, 3)
+    low = ProxyDistillConfig(min_steps=20)  # a floor set below least_steps is the floor
+    assert plan_steps(0.14, forget_batches=5, cap=464, config=low) == (20, 1)
+    floors = [plan_steps(d / 100, forget_batches=1, cap=10_000, config=c)[0] for d in range(80)]
+    assert floors == sorted(floors) and floors[0] == 120 and floors[-1] == 200
 
 
 def test_auto_temperature_softens_less_the_more_each_row_is_drawn() -> None:
@@ -279,6 +288,30 @@ def test_a_set_temperature_is_used_as_given(
     assert details["sizing_divergence"] == details["start_divergence"]
 
 
+def test_a_guard_stop_at_the_first_check_writes_nothing(
+    tiny_ckpt: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    """When the accuracy guard fires at the first check, the only state to keep is the
+    original's: apply fails (GuardRailError) and writes nothing, instead of a copy of the
+    original named as unlearned (measured: a 49-step plan at 30 % of full
+    Fashion-MNIST took retain accuracy from 92.5 % to 75.4 % by its first check)."""
+    from unforget.workflows.unlearn import ApplyRequest, apply
+
+    out = tmp_path / "u.safetensors"
+    options = {"lr": "1.0", "warmup": "0", "min_steps": "16", "least_steps": "16"}
+    with pytest.raises(GuardRailError, match="by the first check"):
+        apply(
+            ApplyRequest(
+                ckpt=tiny_ckpt,
+                manifest=sample_dir / "forget_random10.txt",
+                options={**options, "budget": "0.02"},
+                out=out,
+            ),
+            precision=CPU,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 # --- the sample (slow) ----------------------------------------------------------------------------
 
 
@@ -324,6 +357,9 @@ def test_default_forgets_the_sample_to_heldout_level(
     details = receipt.method_details
     assert details["proxy"]["steps"] > 0 and receipt.stop_reason
     assert 0 < receipt.steps <= details["planned_steps"]
+    # the receipt's floor is the rule's for the measured D₀, and the plan honours it
+    assert details["step_floor"] == step_floor(details["sizing_divergence"], ProxyDistillConfig())
+    assert details["planned_steps"] >= details["step_floor"]
 
 
 def test_focus_keeps_the_forget_term_size_and_moves_weight_to_the_tail() -> None:
