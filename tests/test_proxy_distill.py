@@ -157,39 +157,40 @@ def test_config_problems_are_reported_together() -> None:
 
 
 def test_plan_grows_with_what_there_is_to_undo_within_its_bounds() -> None:
-    """Passes = ⌈5 · D₀⌉ at the default budget, the floor 200 steps for a memorising model
+    """Passes = ⌈5 · D₀⌉ at the default budget, the floor 450 steps for a memorising model
     (D₀ ≥ 0.6: the shipped sample's 0.62–0.78), falling in proportion to D₀ down to 120 for
     one that generalises (full Fashion-MNIST's 0.14); the cap and the pass bounds hold, and
     twice the budget is twice the passes."""
     c = ProxyDistillConfig()
-    assert plan_steps(0.63, forget_batches=19, cap=300, config=c) == (200, 4)  # the sample
-    assert plan_steps(0.142, forget_batches=5, cap=464, config=c) == (120, 1)  # FMNIST 1 %
-    assert plan_steps(0.139, forget_batches=141, cap=328, config=c) == (141, 1)  # 30 %: a pass
-    assert plan_steps(0.45, forget_batches=5, cap=464, config=c) == (150, 3)  # floor ∝ D₀
-    assert plan_steps(1.607, forget_batches=19, cap=600, config=c) == (200, 9)
-    assert plan_steps(3.0, forget_batches=19, cap=600, config=c) == (285, 15)  # passes bind
-    assert plan_steps(0.327, forget_batches=5, cap=30, config=c) == (30, 2)  # cap over floor
+    assert plan_steps(0.63, forget_batches=19, cap=450, config=c) == (450, 4)  # the sample
+    assert plan_steps(0.63, forget_batches=19, cap=300, config=c) == (300, 4)  # cap over floor
+    assert plan_steps(0.142, forget_batches=5, cap=696, config=c) == (120, 1)  # FMNIST 1 %
+    assert plan_steps(0.139, forget_batches=141, cap=492, config=c) == (141, 1)  # 30 %: a pass
+    assert plan_steps(0.4, forget_batches=5, cap=696, config=c) == (300, 2)  # floor ∝ D₀
+    assert plan_steps(5.0, forget_batches=19, cap=2000, config=c) == (475, 25)  # passes bind
     assert plan_steps(13.6, forget_batches=47, cap=10_000, config=c) == (40 * 47, 40)
-    assert plan_steps(0.0, forget_batches=47, cap=422, config=c) == (120, 1)
-    twice = ProxyDistillConfig(budget=0.2)  # twice the passes (and the cap, set by the caller)
-    assert plan_steps(0.3215, forget_batches=141, cap=658, config=twice) == (564, 4)
-    assert plan_steps(1.607, forget_batches=19, cap=1200, config=twice) == (323, 17)
+    assert plan_steps(0.0, forget_batches=47, cap=633, config=c) == (120, 1)
+    twice = ProxyDistillConfig(budget=0.3)  # twice the passes (and the cap, set by the caller)
+    assert plan_steps(0.3215, forget_batches=141, cap=984, config=twice) == (564, 4)
+    assert plan_steps(3.0, forget_batches=19, cap=4000, config=twice) == (570, 30)
     floor = ProxyDistillConfig(min_forget_epochs=3)
-    assert plan_steps(0.05, forget_batches=141, cap=329, config=floor) == (423, 3)
+    assert plan_steps(0.05, forget_batches=141, cap=492, config=floor) == (423, 3)
     low = ProxyDistillConfig(min_steps=20)  # a floor set below least_steps is the floor
-    assert plan_steps(0.14, forget_batches=5, cap=464, config=low) == (20, 1)
+    assert plan_steps(0.14, forget_batches=5, cap=696, config=low) == (20, 1)
     floors = [plan_steps(d / 100, forget_batches=1, cap=10_000, config=c)[0] for d in range(80)]
-    assert floors == sorted(floors) and floors[0] == 120 and floors[-1] == 200
+    assert floors == sorted(floors) and floors[0] == 120 and floors[-1] == 450
 
 
 def test_auto_temperature_softens_less_the_more_each_row_is_drawn() -> None:
-    """T = 1 + 17/E, at most 3, E the plan's draws per forget row: the 200-step floor over 1 %
-    of full Fashion-MNIST (600 rows, batch 128: E ≈ 42.7) gives ≈ 1.40, the quick start's 20 %
-    of the sample (1,200 rows, batch 64, 200 steps: E ≈ 10.7) ≈ 2.59, 10 % of full
-    Fashion-MNIST (6,000 rows, 200 steps: E ≈ 4.3) the cap; never below 1, never rising."""
-    assert auto_temperature(200 * 128 / 600) == pytest.approx(1.3984, abs=1e-4)
+    """T = 1 + 17/E, at most 3, E the plan's draws per forget row: the 120-step floor over 1 %
+    of full Fashion-MNIST (600 rows, batch 128: E ≈ 25.6) gives ≈ 1.66, the quick start's 450
+    steps over 20 % of the sample (1,200 rows, batch 64: E = 24) ≈ 1.71, 200 steps there
+    (E ≈ 10.7) ≈ 2.59, 10 % of full Fashion-MNIST (6,000 rows, 120 steps: E ≈ 2.6) the cap;
+    never below 1, never rising."""
+    assert auto_temperature(120 * 128 / 600) == pytest.approx(1.6641, abs=1e-4)
+    assert auto_temperature(450 * 64 / 1200) == pytest.approx(1.7083, abs=1e-4)
     assert auto_temperature(200 * 64 / 1200) == pytest.approx(2.5938, abs=1e-4)
-    assert auto_temperature(200 * 128 / 6000) == 3.0 == auto_temperature(0.0)
+    assert auto_temperature(120 * 128 / 6000) == 3.0 == auto_temperature(0.0)
     values = [auto_temperature(e) for e in np.linspace(0.5, 500, 200)]
     assert all(a >= b for a, b in itertools.pairwise(values)) and min(values) > 1
 
