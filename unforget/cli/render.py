@@ -116,7 +116,8 @@ def assessment_lines(a: Any) -> list[str]:
         "like_unseen": f"The forget set now looks like unseen data: {numbers}.",
         "remembered": f"WARNING: the forget set may still look like training data: {numbers}. "
         "Accuracy is a coarse sign; audit the result (unforget audit), and if it does not "
-        "PASS re-run apply on the original checkpoint with a longer loop (--set budget=0.2) "
+        "PASS re-run apply on the original checkpoint with a longer loop (proxy-distill: --set "
+        "budget=0.3, twice the default's) "
         "or --method retrain.",
         "over_forgotten": f"WARNING: the forget set now looks less familiar than unseen data: "
         f"{numbers}. Such over-forgetting is itself detectable (audit FAIL-OVER); re-run "

@@ -189,12 +189,14 @@ class ProxyDistillConfig:
     min_steps: int = field(
         default=450,
         metadata={
-            "help": f"floor on paired steps for a model far from its targets (D₀ ≥ "
-            f"{FLOOR_DIVERGENCE:g} nats); nearer, in proportion, down to least_steps"
+            "help": f"floor on paired steps (at budget {DEFAULT_BUDGET:g}) for a model far from "
+            f"its targets (D₀ ≥ {FLOOR_DIVERGENCE:g} nats); nearer, in proportion, down to "
+            "least_steps"
         },
     )
     least_steps: int = field(
-        default=120, metadata={"help": "floor on paired steps for a model near its targets"}
+        default=120,
+        metadata={"help": f"floor on paired steps (at budget {DEFAULT_BUDGET:g}) near the targets"},
     )
     max_forget_epochs: int = field(default=40, metadata={"help": "cap on passes over F"})
     min_forget_epochs: int = field(
@@ -204,7 +206,8 @@ class ProxyDistillConfig:
         default=DEFAULT_BUDGET,
         metadata={
             "help": f"effort: passes over F per nat of divergence ({PASSES_PER_NAT} at "
-            f"{DEFAULT_BUDGET:g}, in proportion), at most budget recipe-epochs of paired steps"
+            f"{DEFAULT_BUDGET:g}) and the step floor in proportion, at most budget "
+            "recipe-epochs of paired steps"
         },
     )
     fit_tolerance: float = field(
@@ -459,7 +462,7 @@ def plan_steps(
     passes = ⌈``PASSES_PER_NAT`` · (``budget`` / ``DEFAULT_BUDGET``) · D₀⌉ (5 · D₀ at the
     default) within [``min_forget_epochs``, ``max_forget_epochs``], D₀ the original model's
     mean divergence from its targets on the check rows (at ``SIZING_TEMPERATURE``): how much
-    there is to undo. ``budget`` scales the passes and the cap together, so ``--set
+    there is to undo. ``budget`` scales the passes, the floor and the cap together, so ``--set
     budget=0.3`` is twice the loop. The steps are passes × forget batches, at least the floor
     below, at most ``cap`` (``budget`` recipe-epochs of retain batches: the cost bound).
 
@@ -497,9 +500,11 @@ def plan_steps(
 def step_floor(start_divergence: float, config: ProxyDistillConfig) -> int:
     """The fewest paired steps a plan may have (:func:`plan_steps`): ``min_steps`` from
     ``FLOOR_DIVERGENCE`` nats of D₀ on, in proportion to D₀ below that, never under
-    ``least_steps`` (nor over ``min_steps``, when a user sets it lower)."""
+    ``least_steps`` (nor over ``min_steps``, when a user sets it lower); all of it times
+    ``budget`` / ``DEFAULT_BUDGET``, so that ``budget`` alone lengthens every plan."""
     scaled = math.ceil(config.min_steps * start_divergence / FLOOR_DIVERGENCE)
-    return min(config.min_steps, max(config.least_steps, scaled))
+    floor = min(config.min_steps, max(config.least_steps, scaled))
+    return max(1, math.ceil(floor * config.budget / DEFAULT_BUDGET))
 
 
 def auto_temperature(visits: float) -> float:
@@ -906,6 +911,7 @@ class ProxyDistill:
                 "start_divergence": round(divergence, 6),
                 "planned_passes": passes,
                 "step_floor": step_floor(sizing_divergence, config),
+                "step_cap": cap,
                 "planned_steps": plan,
                 "check_every": check_every,
                 "kept_step": best_step if reason != "target_reached" else step,

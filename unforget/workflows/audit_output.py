@@ -255,7 +255,7 @@ def conclusion(status: str, reasons: tuple[str, ...], evidence: str) -> tuple[st
         "set), or accept a wider margin deliberately (--delta-auc).",
         "heldout_too_small": "add held-out rows the model never trained on to the data.",
         "leak_below_margin": "a few forget samples still look like members (the memorised "
-        "tail): re-run apply on the original checkpoint with a longer loop, --set budget=0.2 "
+        "tail): re-run apply on the original checkpoint with a longer loop, --set budget=0.3 "
         "(proxy-distill spends the extra steps on the samples furthest from their targets), "
         "or --method retrain, then audit again.",
     }
