@@ -877,8 +877,8 @@ class ProxyDistill:
                         f"{self.info.name}: retain or reference accuracy fell "
                         f"{drop * 100:.0f} points below its start by the first check (step "
                         f"{step} of {plan}), so nothing was forgotten and nothing was written "
-                        "(a longer plan warms the lr up more gently: --set least_steps=200, or "
-                        "lower --set lr)"
+                        "(a longer plan warms the lr up more gently: a larger --set budget=…, "
+                        "or a lower --set lr=…)"
                     )
                 reason = "guard_restored_best"
                 break
