@@ -490,7 +490,7 @@ def plan_steps(
     pass is the cheapest plan kept.
     """
     least = min(config.min_forget_epochs, config.max_forget_epochs)
-    wanted = math.ceil(PASSES_PER_NAT * config.budget / DEFAULT_BUDGET * start_divergence)
+    wanted = math.ceil(PASSES_PER_NAT * effort(config) * start_divergence)
     passes = min(config.max_forget_epochs, max(1, least, wanted))
     plan = min(passes * forget_batches, cap)
     floor = step_floor(start_divergence, config)
@@ -504,7 +504,13 @@ def step_floor(start_divergence: float, config: ProxyDistillConfig) -> int:
     ``budget`` / ``DEFAULT_BUDGET``, so that ``budget`` alone lengthens every plan."""
     scaled = math.ceil(config.min_steps * start_divergence / FLOOR_DIVERGENCE)
     floor = min(config.min_steps, max(config.least_steps, scaled))
-    return max(1, math.ceil(floor * config.budget / DEFAULT_BUDGET))
+    return max(1, math.ceil(floor * effort(config)))
+
+
+def effort(config: ProxyDistillConfig) -> float:
+    """``budget`` against the default's: the one scale of the passes and the step floor (the
+    cap is ``budget`` itself, :meth:`ProxyDistill.run`)."""
+    return config.budget / DEFAULT_BUDGET
 
 
 def auto_temperature(visits: float) -> float:
