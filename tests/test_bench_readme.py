@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -36,7 +37,8 @@ def test_bench_quick(tmp_path: Path) -> None:
     from unforget.runtime.device import precision_for, resolve_device
     from unforget.workflows.bench import quick_config, run_bench
 
-    result = run_bench(quick_config(tmp_path), precision=precision_for(resolve_device("cpu")))
+    config = dataclasses.replace(quick_config(tmp_path), proxies=True)
+    result = run_bench(config, precision=precision_for(resolve_device("cpu")))
     rows = {(r["setting"], r["method"]): r for r in result["summary"]}
     assert set(rows) == {
         (s, m)
@@ -54,6 +56,35 @@ def test_bench_quick(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["schema"] == "unforget.bench/1" and len(saved["runs"]) == 6
+    assert saved["config"]["proxies"] is True
+    # --proxies: the original has its cross-fitted proxies and proxy-distill used them
+    assert (tmp_path / "seed0" / "original.proxies.safetensors").is_file()
+    receipt = tmp_path / "seed0" / "random-0.1" / "proxy-distill.safetensors.receipt.json"
+    proxy = json.loads(receipt.read_text())["method_details"]["proxy"]
+    assert proxy["source"].startswith("cross-fitted proxies")
+
+
+def test_bench_proxies_flag_trains_the_originals_with_their_proxies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--proxies`` reaches the config, and the config asks the training for proxy-distill's
+    saved state (without the flag: no states, as before)."""
+    from unforget import cli
+    from unforget.workflows import bench
+
+    seen: list[object] = []
+    monkeypatch.setattr(bench, "run_bench", lambda config, **_: seen.append(config) or {})
+    monkeypatch.setattr(bench, "markdown", lambda summary: "")
+    monkeypatch.setattr(
+        bench, "train_checkpoint", lambda spec, **kwargs: seen.append(kwargs["states"])
+    )
+    for argv in (["--proxies"], []):
+        assert cli.run(["bench", *argv, "--out", str(tmp_path), "--device", "cpu", "-q"]) == 0
+    flagged, plain = seen
+    assert flagged.proxies is True and plain.proxies is False  # type: ignore[attr-defined]
+    for config in (flagged, plain):
+        bench._train_original(config, tmp_path, 0, None, lambda *_: None)  # type: ignore[arg-type]
+    assert seen[2:] == [("proxy-distill",), ()]
 
 
 def test_bench_without_a_source_checkout_says_what_to_pass(

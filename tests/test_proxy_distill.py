@@ -157,29 +157,32 @@ def test_config_problems_are_reported_together() -> None:
 
 
 def test_plan_grows_with_what_there_is_to_undo_within_its_bounds() -> None:
-    """Passes = ⌈5 · D₀⌉ at the default budget, the floor 450 steps for a memorising model
-    (D₀ ≥ 0.6: the shipped sample's 0.62–0.78), falling in proportion to D₀ down to 120 for
-    one that generalises (full Fashion-MNIST's 0.14); the cap and the pass bounds hold, and
-    twice the budget is twice the passes and twice the floor."""
+    """Draws per forget row ("passes", a real number) = 5 · D₀ at the default budget; the
+    floor 450 steps for a memorising model (D₀ ≥ 0.6: the shipped sample's 0.62–0.78),
+    falling in proportion to D₀ down to 100 (full Fashion-MNIST's D₀ ≈ 0.14 gives 105–107);
+    the cap and the pass bounds hold, and twice the budget is twice the passes and twice the
+    floor."""
     c = ProxyDistillConfig()
-    assert plan_steps(0.63, forget_batches=19, cap=450, config=c) == (450, 4)  # the sample
-    assert plan_steps(0.63, forget_batches=19, cap=300, config=c) == (300, 4)  # cap over floor
-    assert plan_steps(0.142, forget_batches=5, cap=696, config=c) == (120, 1)  # FMNIST 1 %
-    assert plan_steps(0.139, forget_batches=141, cap=492, config=c) == (141, 1)  # 30 %: a pass
-    assert plan_steps(0.4, forget_batches=5, cap=696, config=c) == (300, 2)  # floor ∝ D₀
-    assert plan_steps(5.0, forget_batches=19, cap=2000, config=c) == (475, 25)  # passes bind
-    assert plan_steps(13.6, forget_batches=47, cap=10_000, config=c) == (40 * 47, 40)
-    assert plan_steps(0.0, forget_batches=47, cap=633, config=c) == (120, 1)
+    assert plan_steps(0.63, forget_batches=19, cap=450, config=c) == (450, 3.15)  # the sample
+    assert plan_steps(0.63, forget_batches=19, cap=300, config=c) == (300, 3.15)  # cap > floor
+    assert plan_steps(0.142, forget_batches=5, cap=696, config=c) == (107, 0.71)  # FMNIST 1 %
+    # 30 %: 0.7 of a pass (98 steps) is under the floor the same D₀ gives
+    assert plan_steps(0.139, forget_batches=141, cap=492, config=c) == (105, 0.695)
+    assert plan_steps(0.7, forget_batches=200, cap=2000, config=c) == (700, 3.5)  # half a pass
+    assert plan_steps(0.4, forget_batches=5, cap=696, config=c) == (300, 2.0)  # floor ∝ D₀
+    assert plan_steps(5.0, forget_batches=19, cap=2000, config=c) == (475, 25.0)  # passes bind
+    assert plan_steps(13.6, forget_batches=47, cap=10_000, config=c) == (40 * 47, 40.0)
+    assert plan_steps(0.0, forget_batches=47, cap=633, config=c) == (100, 0.0)
     twice = ProxyDistillConfig(budget=0.3)  # twice the passes and the floor (the cap: caller)
-    assert plan_steps(0.3215, forget_batches=141, cap=984, config=twice) == (564, 4)
-    assert plan_steps(3.0, forget_batches=19, cap=4000, config=twice) == (900, 30)
-    assert plan_steps(0.142, forget_batches=5, cap=1392, config=twice) == (240, 2)
+    assert plan_steps(0.3215, forget_batches=141, cap=984, config=twice) == (484, 3.215)
+    assert plan_steps(3.0, forget_batches=19, cap=4000, config=twice) == (900, 30.0)
+    assert plan_steps(0.142, forget_batches=5, cap=1392, config=twice) == (214, 1.42)
     floor = ProxyDistillConfig(min_forget_epochs=3)
-    assert plan_steps(0.05, forget_batches=141, cap=492, config=floor) == (423, 3)
+    assert plan_steps(0.05, forget_batches=141, cap=492, config=floor) == (423, 3.0)
     low = ProxyDistillConfig(min_steps=20)  # a floor set below least_steps is the floor
-    assert plan_steps(0.14, forget_batches=5, cap=696, config=low) == (20, 1)
+    assert plan_steps(0.14, forget_batches=5, cap=696, config=low) == (20, 0.7)
     floors = [plan_steps(d / 100, forget_batches=1, cap=10_000, config=c)[0] for d in range(80)]
-    assert floors == sorted(floors) and floors[0] == 120 and floors[-1] == 450
+    assert floors == sorted(floors) and floors[0] == 100 and floors[-1] == 450
 
 
 def test_auto_temperature_softens_less_the_more_each_row_is_drawn() -> None:
@@ -442,3 +445,37 @@ def test_original_outputs_reuse_what_the_caller_measured() -> None:
     assert got["reference"] is not measured
     assert np.array_equal(got["reference"].logits, measured.logits)
     assert set(original_outputs(task, forget=False)) == {"reference", "retain"}  # type: ignore[arg-type]
+
+
+def test_the_start_check_reads_the_first_rows_of_the_retain_sample_and_of_v(
+    tiny_ckpt: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    """The checks' accuracies are read on the first ``check_accuracy_rows`` rows of the fixed
+    retain sample and of V, and the start check, taken from what the workflow already
+    measured over all of them, reads the same rows as every later check."""
+    from unforget.io.manifest import read_manifest
+    from unforget.training.evaluate import predict
+    from unforget.workflows.unlearn import ApplyRequest, apply
+    from unforget.workflows.workspace import open_workspace
+
+    manifest = sample_dir / "forget_random10.txt"
+    result = apply(
+        ApplyRequest(
+            ckpt=tiny_ckpt,
+            manifest=manifest,
+            options={"check_accuracy_rows": "100", "min_steps": "8", "least_steps": "8"},
+            out=tmp_path / "u.safetensors",
+        ),
+        precision=CPU,
+    )
+    assert result.receipt is not None
+    start = result.receipt.method_details["history"][0]
+    ws = open_workspace(tiny_ckpt)
+    deletion = ws.deletion(ws.forget_rows(read_manifest(manifest)))
+    model = ws.load_model(None, CPU)
+    for key, split, rows in (
+        ("retain_acc", ws.train, deletion.retain_sample(np.random.default_rng(0))),
+        ("reference_acc", ws.heldout, deletion.reference),
+    ):
+        first = predict(model, ws.loader(split, rows[:100], device=CPU.device), precision=CPU)
+        assert len(rows) > 100 and start[key] == round(float(first.correct().mean()), 4)

@@ -169,7 +169,7 @@ def test_resident_keeps_small_sets_and_streams_large_ones() -> None:
 
 
 def test_first_rows_are_the_loaders_first_rows_in_the_same_batches() -> None:
-    from unforget.methods.proxy_distill import first_rows
+    from unforget.methods.loop import first_rows
 
     loader = _row_loader(10, 4)
     part = list(first_rows(loader, 6))
@@ -177,3 +177,29 @@ def test_first_rows_are_the_loaders_first_rows_in_the_same_batches() -> None:
     assert torch.equal(torch.cat([b[2] for b in part]), torch.arange(6))
     assert torch.equal(part[0][0], next(iter(loader))[0])
     assert first_rows(loader, 10) is loader
+
+
+def test_eval_sets_check_the_first_rows_of_the_retain_sample_and_of_v() -> None:
+    """``at_most`` cuts the checks' accuracy samples to their first rows (proxy-distill checks
+    1,024 of the 2,048-row retain sample and of V); the forget check sample is left alone,
+    and without ``at_most`` every row is read."""
+    from types import SimpleNamespace
+
+    from unforget.methods.loop import EvalSets
+
+    task = SimpleNamespace(
+        retain_eval=_row_loader(10, 4), reference=_row_loader(7, 4), forget_eval=_row_loader(9, 4)
+    )
+    cut = EvalSets.of(task, at_most=5)  # type: ignore[arg-type]
+    rows = {
+        name: torch.cat([b[2] for b in getattr(cut, name)])
+        for name in ("retain", "reference", "forget")
+    }
+    assert torch.equal(rows["retain"], torch.arange(5)) and torch.equal(
+        rows["reference"], torch.arange(5)
+    )
+    assert torch.equal(rows["forget"], torch.arange(9))
+    whole = EvalSets.of(task)  # type: ignore[arg-type]
+    assert (
+        sum(len(b[2]) for b in whole.retain) == 10 and sum(len(b[2]) for b in whole.reference) == 7
+    )

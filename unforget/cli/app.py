@@ -768,6 +768,14 @@ def bench(
             "--quick", help="Small run on the shipped sample: a few minutes on 2 CPU cores."
         ),
     ] = False,
+    proxies: Annotated[
+        bool,
+        typer.Option(
+            "--proxies",
+            help="Train each original with its cross-fitted proxies (as train --proxies), so "
+            "proxy-distill trains nothing at apply time; their cost is in the original's time.",
+        ),
+    ] = False,
     device: Device = "auto",
     as_json: Json = False,
     quiet: Quiet = False,
@@ -792,6 +800,10 @@ def bench(
             recipe={"epochs": epochs, "batch_size": 128, "lr": 1e-3},
         )
     )
+    if proxies:
+        from dataclasses import replace
+
+        config = replace(config, proxies=True)
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown:
         raise InputError(f"unknown methods {unknown} (valid: {', '.join(METHODS)})")

@@ -34,6 +34,10 @@ class Outputs:
     def correct(self) -> np.ndarray:
         return self.logits.argmax(axis=1) == self.labels
 
+    def first(self, count: int) -> Outputs:
+        """The first ``count`` rows (those a loader cut to its first rows reads)."""
+        return Outputs(self.logits[:count], self.labels[:count], self.rows[:count])
+
 
 @dataclass(frozen=True)
 class Score:
