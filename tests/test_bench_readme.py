@@ -52,6 +52,8 @@ def test_bench_quick(tmp_path: Path) -> None:
     # load it measured 1.46 here once, 0.22 alone)
     assert math.isfinite(rows[("random:0.1", "proxy-distill")]["time_ratio"])
     assert rows[("random:0.1", "proxy-distill")]["time_ratio"] > 0
+    assert rows[("random:0.1", "proxy-distill")]["call_ratio"] > 0
+    assert rows[("random:0.1", "retrain")]["call_ratio"] == 1.0
     for name in ("results.json", "results.md", "results.png"):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -111,3 +113,29 @@ def test_bench_quick_takes_a_data_folder(tmp_path: Path) -> None:
     folder = tmp_path / "my-data"
     folder.mkdir()
     assert prepare_data(quick_config(tmp_path, data=str(folder))) == folder
+
+
+def test_bench_ratios_are_the_methods_time_and_the_whole_calls_over_the_retrains() -> None:
+    """time / retrain divides the receipts' seconds (the method's run, the retrain's training);
+    call / retrain the whole apply calls (reading, receipt measurements, writing too)."""
+    from unforget.workflows.bench import Run, _with_gaps, markdown
+
+    def run(method: str, seconds: float, call: float) -> Run:
+        return Run(
+            setting="random:0.3", seed=0, method=method, forget_acc=0.9, retain_acc=0.9,
+            test_acc=0.88, mia_auc=0.5, mia_tpr_1pct=0.01, loss_attack_acc=0.5,
+            seconds=seconds, samples_per_second=None, peak_memory_mb=1.0, stop_reason="x",
+            call_seconds=call,
+        )  # fmt: skip
+
+    ref, mine = _with_gaps([run("retrain", 20.0, 22.0), run("proxy-distill", 2.0, 3.3)])
+    assert (ref.time_ratio, ref.call_ratio) == (1.0, 1.0)
+    assert mine.time_ratio == pytest.approx(0.1) and mine.call_ratio == pytest.approx(0.15)
+    row = {"setting": "random:0.3", "method": "proxy-distill", "n": 1}
+    for key in ("forget_acc", "retain_acc", "test_acc", "mia_auc", "mia_tpr_1pct"):
+        row[key] = 0.5
+    row.update(loss_attack_acc=0.5, gap=0.01, time_ratio=0.1, call_ratio=0.15)
+    head, _, line = markdown([row]).splitlines()
+    assert head.endswith("| time / retrain | call / retrain |") and line.endswith(
+        "| 0.100 | 0.150 |"
+    )
