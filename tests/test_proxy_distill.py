@@ -479,3 +479,21 @@ def test_the_start_check_reads_the_first_rows_of_the_retain_sample_and_of_v(
     ):
         first = predict(model, ws.loader(split, rows[:100], device=CPU.device), precision=CPU)
         assert len(rows) > 100 and start[key] == round(float(first.correct().mean()), 4)
+
+
+def test_the_advised_budget_is_twice_the_default() -> None:
+    """``apply``'s "remembered" warning and the audit's ``leak_below_margin`` step advise
+    ``--set budget=…`` as twice the default's loop; the literal is pinned to 2 ×
+    ``DEFAULT_BUDGET`` here, so it cannot drift again (it said 0.2 after the default moved to
+    0.15)."""
+    import inspect
+    import re
+
+    from unforget.cli import render
+    from unforget.methods.proxy_distill import DEFAULT_BUDGET
+    from unforget.workflows import audit_output
+
+    for module in (render, audit_output):
+        advised = re.findall(r"budget=([0-9.]+)", inspect.getsource(module))
+        assert advised, module.__name__
+        assert all(float(v) == pytest.approx(2 * DEFAULT_BUDGET) for v in advised)
