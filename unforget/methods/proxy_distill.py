@@ -66,7 +66,7 @@ What runs (every choice is recorded in the receipt's ``method_details``):
    ``check_accuracy_rows`` of the fixed retain sample and of V), ``CHECKS`` per plan. Why
    1,024 rows (of 2,048 and of V's 2,500 on full Fashion-MNIST): each check compares with the
    start on the same rows, so the drop it reads moves only by the rows that flip; at 30 % of
-   full Fashion-MNIST the whole samples made the checks 0.6 s of a 2.6 s run, 1,024 rows
+   full Fashion-MNIST the whole samples made the checks 0.6 s of a 2.8–3.0 s run, 1,024 rows
    0.3 s, with the same verdicts in 6 seeds at 1 % and 10 % (landing 12). A brake halves
    the lr (to at least 1/8) when retain or reference accuracy falls more than
    ``max_accuracy_drop`` (10 points) below its start and is released (doubled back, up to
