@@ -547,7 +547,9 @@ def auto_temperature(visits: float) -> float:
     10 and 11): the AUC_U − AUC_ref that T = 1 + 17/E gives is −0.004 at 1 % with 200 steps
     (T = 1.4) and −0.002 with the 120-step floor (T = 1.7), +0.003 at 10 % (120 steps) and
     +0.005 at 30 % (141 steps, T = 3), −0.011 / +0.009 on the shipped sample's 10 % and 20 %
-    with 200 steps (T = 1.8, 2.6) and −0.012 / +0.006 with 450 (T = 1.35, 1.71)."""
+    with 200 steps (T = 1.8, 2.6) and −0.012 / +0.006 with 450 (T = 1.35, 1.71); landing 12
+    (6 seeds): −0.004 at 1 % (107 steps, T = 1.75), +0.003 at 10 % and +0.005 at 30 % (105–106
+    steps, T = 3)."""
     return min(MAX_TEMPERATURE, 1 + SOFTENING_VISITS / max(visits, 1e-9))
 
 
