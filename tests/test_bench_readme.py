@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -37,7 +36,7 @@ def test_bench_quick(tmp_path: Path) -> None:
     from unforget.runtime.device import precision_for, resolve_device
     from unforget.workflows.bench import quick_config, run_bench
 
-    config = dataclasses.replace(quick_config(tmp_path), proxies=True)
+    config = quick_config(tmp_path, proxies=True)
     result = run_bench(config, precision=precision_for(resolve_device("cpu")))
     rows = {(r["setting"], r["method"]): r for r in result["summary"]}
     assert set(rows) == {

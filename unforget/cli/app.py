@@ -789,7 +789,7 @@ def bench(
     if seeds < 1:
         raise InputError("--seeds must be >= 1")
     config = (
-        quick_config(out, data="sample" if data == "fashion-mnist" else data)
+        quick_config(out, data="sample" if data == "fashion-mnist" else data, proxies=proxies)
         if quick
         else BenchConfig(
             data=data,
@@ -798,12 +798,9 @@ def bench(
             seeds=seeds,
             out=out,
             recipe={"epochs": epochs, "batch_size": 128, "lr": 1e-3},
+            proxies=proxies,
         )
     )
-    if proxies:
-        from dataclasses import replace
-
-        config = replace(config, proxies=True)
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown:
         raise InputError(f"unknown methods {unknown} (valid: {', '.join(METHODS)})")

@@ -79,9 +79,8 @@ def first_rows(loader: Loader, count: int) -> Loader:
     """The first ``count`` rows of an unshuffled loader, in the same batches: a check reads only
     its fixed sample (proxy-distill's fit check: at 30 % of 60,000 rows, 512 forget rows
     instead of 18,000 per check). With the same batch size the first batches are the same
-    tensors, so the logits are the same.
-    A loader over something else than a :class:`RowSource` keeps its batches over a
-    :class:`~torch.utils.data.Subset`."""
+    tensors, so the logits are the same (a :class:`RowSource` loader keeps only those rows;
+    any other reads them through a :class:`~torch.utils.data.Subset`)."""
     dataset = loader.dataset
     total = len(dataset)  # type: ignore[arg-type]
     if count >= total:

@@ -512,6 +512,7 @@ def plan_steps(
     least = min(config.min_forget_epochs, config.max_forget_epochs)
     wanted = PASSES_PER_NAT * effort(config) * start_divergence
     passes = min(float(config.max_forget_epochs), max(float(least), wanted))
+    # rounded first, so that 0.55 passes of 100 batches (55.00000000000001) plan 55 steps, not 56
     plan = min(math.ceil(round(passes * forget_batches, 6)), cap)
     floor = step_floor(start_divergence, config)
     return max(1, plan, min(floor, cap), least * forget_batches), round(passes, 3)

@@ -65,6 +65,16 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class _Applied:
+    """One method's ``apply`` in a (setting, seed): what it wrote and what it cost."""
+
+    out: Path
+    receipt: Any
+    peak_memory_mb: float
+    call_seconds: float  # the whole apply call: reading, receipt measurements, writing
+
+
+@dataclass(frozen=True)
 class Run:
     """One method on one (setting, seed)."""
 
@@ -87,7 +97,7 @@ class Run:
     call_ratio: float = math.nan
 
 
-def quick_config(out: Path, *, data: str = "sample") -> BenchConfig:
+def quick_config(out: Path, *, data: str = "sample", proxies: bool = False) -> BenchConfig:
     """A few minutes on 2 CPU cores: the shipped sample (or ``data``), one seed, a small model."""
     return BenchConfig(
         data=data,
@@ -97,6 +107,7 @@ def quick_config(out: Path, *, data: str = "sample") -> BenchConfig:
         out=out,
         model={"name": "mlp", "kwargs": {"hidden": [256]}},
         recipe={"epochs": 15, "batch_size": 64, "lr": 1e-3},
+        proxies=proxies,
     )
 
 
@@ -226,7 +237,7 @@ def _setting_runs(
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "forget.txt"
     manifest.write_text("\n".join(manifest_ids(ws, setting, seed=seed)) + "\n")
-    outputs: dict[str, tuple[Path, Any, float, float]] = {}
+    outputs: dict[str, _Applied] = {}
     failures: dict[str, str] = {}
     for method in ["retrain", *[m for m in config.methods if m != "retrain"]]:
         _reset_peak(precision)
@@ -250,7 +261,7 @@ def _setting_runs(
             continue
         assert result.receipt is not None
         call = time.perf_counter() - start
-        outputs[method] = (result.out, result.receipt, _peak_mb(precision), call)
+        outputs[method] = _Applied(result.out, result.receipt, _peak_mb(precision), call)
         on_notice(
             f"seed {seed} {setting} {method}: {result.receipt.seconds:.1f}s, "
             f"stop {result.receipt.stop_reason}"
@@ -281,7 +292,7 @@ def _failed(setting: str, seed: int, method: str, reason: str) -> Run:
 def _measure(
     ws: Workspace,
     manifest: Path,
-    outputs: dict[str, Any],
+    outputs: dict[str, _Applied],
     setting: str,
     seed: int,
     precision: Precision,
@@ -295,8 +306,8 @@ def _measure(
     classes = np.unique(ws.train.labels[forget])
     test_mia = test[np.isin(ws.heldout.labels[test], classes)]
     signals = {}
-    for method, (path, *_) in outputs.items():
-        model = ws.load_model(path, precision)
+    for method, applied in outputs.items():
+        model = ws.load_model(applied.out, precision)
         signals[method] = {
             name: _signals(ws, model, split, rows, precision)
             for name, split, rows in (
@@ -309,7 +320,8 @@ def _measure(
     p_ref = np.r_[signals["retrain"]["forget"].p, signals["retrain"]["mia"].p][None]
     is_forget = np.r_[np.ones(len(forget), bool), np.zeros(len(test_mia), bool)]
     runs = []
-    for method, (_, receipt, peak, call) in outputs.items():
+    for method, applied in outputs.items():
+        receipt = applied.receipt
         s = signals[method]
         p = np.r_[s["forget"].p, s["mia"].p]
         scores = attacks.rmia_offline(p, p_ref, a=0.3)
@@ -331,9 +343,9 @@ def _measure(
                 ),
                 seconds=receipt.seconds,
                 samples_per_second=details.get("step_samples_per_second"),
-                peak_memory_mb=peak,
+                peak_memory_mb=applied.peak_memory_mb,
                 stop_reason=receipt.stop_reason,
-                call_seconds=call,
+                call_seconds=applied.call_seconds,
             )
         )
     return _with_gaps(runs)
@@ -357,14 +369,16 @@ def _with_gaps(runs: list[Run]) -> list[Run]:
                 **{
                     **r.__dict__,
                     "gap": float(gap),
-                    "time_ratio": r.seconds / ref.seconds if ref.seconds else math.nan,
-                    "call_ratio": r.call_seconds / ref.call_seconds
-                    if ref.call_seconds
-                    else math.nan,
+                    "time_ratio": _ratio(r.seconds, ref.seconds),
+                    "call_ratio": _ratio(r.call_seconds, ref.call_seconds),
                 }
             )
         )
     return out
+
+
+def _ratio(seconds: float, retrain_seconds: float) -> float:
+    return seconds / retrain_seconds if retrain_seconds else math.nan
 
 
 def _signals(
