@@ -186,15 +186,15 @@ def test_plan_grows_with_what_there_is_to_undo_within_its_bounds() -> None:
 
 
 def test_auto_temperature_softens_less_the_more_each_row_is_drawn() -> None:
-    """T = 1 + 17/E, at most 3, E the plan's draws per forget row: the 120-step floor over 1 %
-    of full Fashion-MNIST (600 rows, batch 128: E ≈ 25.6) gives ≈ 1.66, the quick start's 450
-    steps over 20 % of the sample (1,200 rows, batch 64: E = 24) ≈ 1.71, 200 steps there
-    (E ≈ 10.7) ≈ 2.59, 10 % of full Fashion-MNIST (6,000 rows, 120 steps: E ≈ 2.6) the cap;
+    """T = 1 + 13.5/E, at most 3, E the plan's draws per forget row: the 107-step floor over 1 %
+    of full Fashion-MNIST (600 rows, batch 128: E ≈ 22.8) gives ≈ 1.59, the quick start's 450
+    steps over 20 % of the sample (1,200 rows, batch 64: E = 24) ≈ 1.56, 200 steps there
+    (E ≈ 10.7) ≈ 2.27, 10 % of full Fashion-MNIST (6,000 rows, 105 steps: E ≈ 2.2) the cap;
     never below 1, never rising."""
-    assert auto_temperature(120 * 128 / 600) == pytest.approx(1.6641, abs=1e-4)
-    assert auto_temperature(450 * 64 / 1200) == pytest.approx(1.7083, abs=1e-4)
-    assert auto_temperature(200 * 64 / 1200) == pytest.approx(2.5938, abs=1e-4)
-    assert auto_temperature(120 * 128 / 6000) == 3.0 == auto_temperature(0.0)
+    assert auto_temperature(107 * 128 / 600) == pytest.approx(1.5914, abs=1e-4)
+    assert auto_temperature(450 * 64 / 1200) == pytest.approx(1.5625, abs=1e-4)
+    assert auto_temperature(200 * 64 / 1200) == pytest.approx(2.2656, abs=1e-4)
+    assert auto_temperature(105 * 128 / 6000) == 3.0 == auto_temperature(0.0)
     values = [auto_temperature(e) for e in np.linspace(0.5, 500, 200)]
     assert all(a >= b for a, b in itertools.pairwise(values)) and min(values) > 1
 
