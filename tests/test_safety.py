@@ -602,6 +602,12 @@ def test_plain_progress_prints_one_line_per_interval() -> None:
         progress(Tick(task="train", completed=step, total=100, fields={"loss": 0.5}))
     assert len(lines) == 3  # at 30, 60 and 90 s
     assert lines[0].startswith("unforget: train: 30/100  loss 0.5") and lines[0].endswith("\n")
+    # a loss not read yet (a loop reads it on the host only at its checks) is left out, not
+    # printed as "loss nan", which would read as a diverged run
+    now[0] = 200.0
+    progress(Tick(task="apply", completed=47, total=633, fields={"loss": float("nan")}))
+    assert lines[-1] == "unforget: apply: 47/633 (200 s elapsed)\n"
+    assert Tick("t", 1, 2, {"loss": float("nan"), "lr": 0.001}).numbers() == "lr 0.001"
     from unforget.cli.app import _progress
 
     with _progress(True) as tick:  # pytest's stderr is not a terminal

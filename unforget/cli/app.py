@@ -119,7 +119,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[Any], None]]:
         def update(tick: Any) -> None:
             if tick.task not in tasks:
                 tasks[tick.task] = bar.add_task(tick.task, total=tick.total, info="")
-            info = "  ".join(f"{k} {v:.4g}" for k, v in tick.fields.items())
+            info = tick.numbers()
             bar.update(tasks[tick.task], completed=tick.completed, total=tick.total, info=info)
 
         yield update

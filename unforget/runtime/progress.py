@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,12 @@ class Tick:
     completed: int
     total: int
     fields: dict[str, float] = field(default_factory=dict)
+
+    def numbers(self) -> str:
+        """``"loss 0.1234  lr 0.001"``: the fields measured so far. A loop that reads its loss
+        on the host only at checks reports NaN until its first check; a line saying
+        ``loss nan`` would read as a diverged run, so a field that is not finite is left out."""
+        return "  ".join(f"{k} {v:.4g}" for k, v in self.fields.items() if math.isfinite(v))
 
 
 ProgressFn = Callable[[Tick], None]
@@ -50,8 +57,8 @@ class PlainProgress:
         if now - self._last < self._interval:
             return
         self._last = now
-        fields = "".join(f"  {k} {v:.4g}" for k, v in tick.fields.items())
+        numbers = tick.numbers()
         self._write(
-            f"unforget: {tick.task}: {tick.completed}/{tick.total}{fields} "
-            f"({now - self._start:.0f} s elapsed)\n"
+            f"unforget: {tick.task}: {tick.completed}/{tick.total}"
+            f"{'  ' + numbers if numbers else ''} ({now - self._start:.0f} s elapsed)\n"
         )
