@@ -7,8 +7,8 @@ minimum |F| with the default K = 4, and models that trained on F must come out F
 
 from __future__ import annotations
 
-import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -17,20 +17,12 @@ import pytest
 from unforget.io.manifest import read_manifest
 from unforget.mia.results import VerdictRule
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_shipped_random20_manifest_is_valid_and_reproducible(
-    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sample_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    load_script: Callable[[str], ModuleType],
 ) -> None:
     """1,200 distinct training IDs (20% of 6,000), byte-identical to the seeded script's output."""
     shipped = sample_dir / "forget_random20.txt"
@@ -44,7 +36,9 @@ def test_shipped_random20_manifest_is_valid_and_reproducible(
 
 
 @pytest.mark.slow
-def test_calibration_retrains_pass_and_originals_fail_leak(sample_dir: Path) -> None:
+def test_calibration_retrains_pass_and_originals_fail_leak(
+    sample_dir: Path, load_script: Callable[[str], ModuleType]
+) -> None:
     """6 exact retrains (each audited against 4 of the others) and 3 originals on a small MLP."""
     cal = load_script("calibrate_audit")
     data = cal.load_data(sample_dir / "forget_random20.txt", seed=0)
