@@ -135,18 +135,19 @@ def stop_kind(reason: str) -> str:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_apply_on_two_processes_matches_one(runs: Runs, method: str) -> None:
-    """Accuracies within 1 point and the same kind of stop, except ``finetune``'s forget
-    accuracy (2 points): a 600-row proportion that another batch order moves by about its
-    standard error, √(0.8·0.2/600) ≈ 1.6 points (``pgu``/``ltu`` drive it to a target), and
-    ``proxy-distill``'s held-out accuracy (1.5 points): its proxy is trained at apply time
-    (3 epochs here), another batch order gives another proxy and other targets, and in one
-    process seeds 0–3 already end at 81.1–82.0 % (two processes: 80.9 %)."""
+    """Accuracies within 1 point and the same kind of stop, except where one process alone
+    moves further from seed to seed. ``finetune``'s forget accuracy (2 points): a 600-row
+    proportion that another batch order moves by about its standard error, √(0.8·0.2/600) ≈
+    1.6 points (``pgu``/``ltu`` drive it to a target). ``proxy-distill``'s forget (3 points)
+    and held-out accuracy (1.5 points): its proxy is trained at apply time (3 epochs here), so
+    another batch order gives another proxy and other targets; in one process seeds 0–5 end at
+    79.8–82.5 % forget and 81.0–82.1 % held-out accuracy (two processes: 79.8 % and 80.9 %)."""
     one, two = runs.apply[method, 1], runs.apply[method, 2]
+    seeded = {("finetune", "forget"): 0.02, ("proxy-distill", "forget"): 0.03}
+    seeded["proxy-distill", "heldout"] = 0.015
     for split in ("forget", "retain_sample", "heldout"):
         a, b = (r["metrics"]["after"][split]["accuracy"] for r in (one, two))
-        noisy = method == "finetune" and split == "forget"
-        seeded = method == "proxy-distill" and split == "heldout"
-        tolerance = 0.02 if noisy else 0.015 if seeded else 0.01
+        tolerance = seeded.get((method, split), 0.01)
         assert abs(a - b) <= tolerance + 1e-9, (split, a, b)
     assert stop_kind(one["stop_reason"]) == stop_kind(two["stop_reason"])
     assert (one["world_size"], one["backend"]) == (1, None)
