@@ -41,7 +41,8 @@ def test_the_margin_is_the_room_left_inside_the_verdicts_band(
         _row("m", 0, -0.02, 0.025, "PASS"),
         _row("m", 1, -0.034, 0.016, "INCONCLUSIVE"),
     ]
-    line = next(x for x in ev.table(rows).splitlines() if x.startswith("| random1 | m |"))
+    lines = ev.table(rows).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    line = next(x for x in lines if x.startswith("| random1 | m |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    header = [c.strip() for c in ev.table(rows).splitlines()[0].strip("|").split("|")]
     assert cells[header.index("PASS margin")] == "0.0005 ± 0.0064"  # (0.005, −0.004)
