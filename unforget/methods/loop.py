@@ -21,6 +21,7 @@ from unforget.methods.base import GuardConfig, Loader, Outcome, UnlearnTask
 from unforget.runtime.device import Precision
 from unforget.runtime.distributed import any_rank
 from unforget.runtime.progress import Tick
+from unforget.training.evaluate import Outputs
 from unforget.training.loop import augment, lr_factor, make_optimizer
 from unforget.training.step import TrainStep, optimizer_for
 
@@ -103,6 +104,7 @@ class EvalSets:
     retain: Iterable[Batch]  # the fixed retain sample (task.retain_eval)
     reference: Iterable[Batch]  # the held-out rows methods may read (task.reference)
     forget: Iterable[Batch]  # the forget rows the loop checks (task.forget_eval by default)
+    at_most: int | None = None  # the first rows of retain and reference read; None: all
 
     @classmethod
     def of(
@@ -121,7 +123,20 @@ class EvalSets:
             retain=resident(part(task.retain_eval)),
             reference=reference,
             forget=resident(forget if forget is not None else task.forget_eval),
+            at_most=at_most,
         )
+
+    def cut(self, measured: dict[str, Outputs]) -> dict[str, Outputs]:
+        """Outputs already measured over the whole ``task.retain_eval`` / ``task.reference``
+        (``"retain"`` / ``"reference"``), cut to the rows these sets read, the first
+        ``at_most`` in the same order (:func:`first_rows`); any other entry as it is. Kept
+        beside :meth:`of` so the two cuts cannot drift apart."""
+        if self.at_most is None:
+            return dict(measured)
+        return {
+            name: out.first(self.at_most) if name in ("retain", "reference") else out
+            for name, out in measured.items()
+        }
 
 
 @torch.no_grad()

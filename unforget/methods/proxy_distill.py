@@ -822,10 +822,7 @@ class ProxyDistill:
         optimizer = train_step.optimizer
         evals = EvalSets.of(task, forget=targets.check_loader, at_most=config.check_accuracy_rows)
         guard = Guard(model, evals.retain, task.precision, task.guard)
-        known = {  # the original's outputs over the checks' own rows (the first ones)
-            name: out.first(config.check_accuracy_rows) if name != "forget" else out
-            for name, out in original.items()
-        }
+        known = evals.cut(original)  # the original's outputs over the checks' own rows
         check_start = functools.partial(
             self._check, task, evals, step=0, norm=1.0, match=config.match, known=known
         )
